@@ -1,0 +1,12 @@
+// Command rhizomectl is rhizome's operator CLI.
+package main
+
+import (
+	"os"
+
+	"github.com/rhizome-net/rhizome/ctl"
+)
+
+func main() {
+	os.Exit(ctl.Main(os.Args[1:], ctl.Streams{In: os.Stdin, Out: os.Stdout, Err: os.Stderr}))
+}
