@@ -148,50 +148,75 @@ func (p *plan) planAssign(req *Request) ([]Assignment, error) {
 			}
 		}
 	}
-	// 1. Affine blocks.
-	for _, pl := range pools {
-		for _, c := range p.e.affineBlocks(pl) {
-			if len(picks) == count {
-				break
+	why := map[string]string{}
+	cfg := p.snap.config
+	affine := func(pools []*pool) error {
+		for _, pl := range pools {
+			for _, c := range p.e.affineBlocks(pl) {
+				if len(picks) == count {
+					return nil
+				}
+				w, err := p.block(c)
+				if err != nil {
+					return err
+				}
+				if w != nil && w.b.Affinity == p.e.node {
+					collect(w, pl)
+				}
 			}
-			w, err := p.block(c)
-			if err != nil {
-				return nil, err
-			}
-			if w != nil && w.b.Affinity == p.e.node {
+		}
+		return nil
+	}
+	claim := func(pools []*pool) error {
+		for _, pl := range pools {
+			for len(picks) < count {
+				if !cfg.AutoAllocateBlocks {
+					why[pl.Name] = "affine blocks full and autoAllocateBlocks is off"
+					break
+				}
+				if cfg.MaxBlocksPerNode > 0 && len(p.e.cache) >= cfg.MaxBlocksPerNode {
+					why[pl.Name] = fmt.Sprintf("affine blocks full and the node has maxBlocksPerNode (%d) blocks", cfg.MaxBlocksPerNode)
+					break
+				}
+				c, err := p.e.claim(p.ctx, p.snap, pl, netip.Prefix{})
+				if errors.Is(err, errPoolFull) {
+					why[pl.Name] = "every block is claimed and affine blocks are full"
+					break
+				}
+				if err != nil {
+					return err
+				}
+				w, err := p.block(c)
+				if err != nil {
+					return err
+				}
+				if w == nil {
+					break // released under us: try the next pool
+				}
 				collect(w, pl)
 			}
 		}
+		return nil
 	}
-	// 2. Claim new blocks.
-	why := map[string]string{}
-	cfg := p.snap.config
-	for _, pl := range pools {
-		for len(picks) < count {
-			if !cfg.AutoAllocateBlocks {
-				why[pl.Name] = "affine blocks full and autoAllocateBlocks is off"
-				break
-			}
-			if cfg.MaxBlocksPerNode > 0 && len(p.e.cache) >= cfg.MaxBlocksPerNode {
-				why[pl.Name] = fmt.Sprintf("affine blocks full and the node has maxBlocksPerNode (%d) blocks", cfg.MaxBlocksPerNode)
-				break
-			}
-			c, err := p.e.claim(p.ctx, p.snap, pl, netip.Prefix{})
-			if errors.Is(err, errPoolFull) {
-				why[pl.Name] = "every block is claimed and affine blocks are full"
-				break
-			}
-			if err != nil {
+	if len(req.Pools) > 0 {
+		// Pools the request names are used strictly in order: the first
+		// pool's affine blocks, then a new block of it, then the next pool.
+		for _, pl := range pools {
+			if err := affine([]*pool{pl}); err != nil {
 				return nil, err
 			}
-			w, err := p.block(c)
-			if err != nil {
+			if err := claim([]*pool{pl}); err != nil {
 				return nil, err
 			}
-			if w == nil {
-				break // released under us: try the next pool
-			}
-			collect(w, pl)
+		}
+	} else {
+		// Automatic pools: any affine block first, so a node holds as few
+		// blocks as it can; then new blocks, pool by pool.
+		if err := affine(pools); err != nil {
+			return nil, err
+		}
+		if err := claim(pools); err != nil {
+			return nil, err
 		}
 	}
 	// 3. Borrow.
