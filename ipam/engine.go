@@ -333,8 +333,16 @@ func (p *plan) planAssignIP(addr netip.Addr, attr Attribute) (Assignment, error)
 		}
 	}
 	n := ordinal(cidr, addr)
-	if cur, ok := w.b.attributeOf(n); ok {
-		return Assignment{}, fmt.Errorf("%w: %s requested for %s is held by %s", ErrAddressInUse, addr, owner, cur.Owner())
+	if _, ok := w.b.attributeOf(n); ok {
+		if w, err = p.verified(cidr); err != nil {
+			return Assignment{}, err
+		}
+		if w == nil { // the block went away meanwhile: plan again
+			return Assignment{}, fmt.Errorf("block %s was deleted meanwhile: %w", cidr, datastore.ErrConflict)
+		}
+		if cur, ok := w.b.attributeOf(n); ok {
+			return Assignment{}, fmt.Errorf("%w: %s requested for %s is held by %s", ErrAddressInUse, addr, owner, cur.Owner())
+		}
 	}
 	return p.allocate(w, n, attr)
 }
@@ -397,7 +405,12 @@ func (p *plan) planReleaseIP(addr netip.Addr, seq uint64) (Attribute, bool, erro
 	n := ordinal(cidr, addr)
 	cur, ok := w.b.attributeOf(n)
 	if !ok || (seq != 0 && cur.Seq != seq) {
-		return Attribute{}, false, nil
+		if w, err = p.verified(cidr); err != nil || w == nil {
+			return Attribute{}, false, err
+		}
+		if cur, ok = w.b.attributeOf(n); !ok || (seq != 0 && cur.Seq != seq) {
+			return Attribute{}, false, nil
+		}
 	}
 	p.e.readHandles[cur.Handle] = true // decrement the stored handle
 	attr, err := p.release(w, n)

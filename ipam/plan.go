@@ -28,6 +28,10 @@ type workBlock struct {
 	rev     int64 // 0: the block does not exist yet (create it)
 	changed bool
 	deleted bool // delete the block (it must be empty)
+	// cached: copied from the engine's cache, not read by this plan. A
+	// write guarded by its revision verifies it; a refusal must not rest
+	// on it (see verified).
+	cached bool
 }
 
 // workHandle is a handle touched by a plan.
@@ -60,7 +64,7 @@ func (p *plan) block(cidr netip.Prefix) (*workBlock, error) {
 		return w, nil
 	}
 	if c, ok := p.e.cache[cidr]; ok && !c.stale {
-		w := &workBlock{b: c.b.clone(), rev: c.rev}
+		w := &workBlock{b: c.b.clone(), rev: c.rev, cached: true}
 		p.blocks[cidr] = w
 		return w, nil
 	}
@@ -80,6 +84,32 @@ func (p *plan) block(cidr netip.Prefix) (*workBlock, error) {
 	w := &workBlock{b: b, rev: kv.Revision}
 	p.blocks[cidr] = w
 	return w, nil
+}
+
+// verified returns the plan's copy of a block read from the store rather
+// than the cache, when the plan has not changed it yet. A decision that
+// writes nothing (an address refused as in use, a release that finds the
+// address already free) is otherwise never checked against the store: it
+// must not rest on a cached copy that another node's write made stale.
+//
+// When the plan changed the cached copy already (an earlier operation of
+// the batch), the copy cannot be re-read without losing that change: the
+// cache entry is marked stale and a lost-guard error makes the allocator
+// plan the whole batch again from the store. A nil block means the block
+// is gone from the store.
+func (p *plan) verified(cidr netip.Prefix) (*workBlock, error) {
+	w, ok := p.blocks[cidr]
+	if !ok || !w.cached {
+		return w, nil
+	}
+	if c, ok := p.e.cache[cidr]; ok {
+		c.stale = true
+	}
+	if w.changed {
+		return nil, fmt.Errorf("cached block %s may be stale: %w", cidr, datastore.ErrConflict)
+	}
+	delete(p.blocks, cidr)
+	return p.block(cidr)
 }
 
 // addBlock adds a block read elsewhere (a borrowing scan) to the plan.
