@@ -57,12 +57,13 @@ type cli struct {
 	t         *testing.T
 	bin       string
 	endpoints string
+	etcd      *etcdtest.Server
 }
 
 func newCLI(t *testing.T) *cli {
 	t.Helper()
 	srv := etcdtest.Start(t)
-	return &cli{t: t, bin: rhizomectlBinary(t), endpoints: strings.Join(srv.Endpoints(), ",")}
+	return &cli{t: t, bin: rhizomectlBinary(t), endpoints: strings.Join(srv.Endpoints(), ","), etcd: srv}
 }
 
 type result struct {

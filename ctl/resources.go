@@ -258,9 +258,16 @@ func newPatchCommand(o *Options) *cobra.Command {
 		Short: "Change fields of a resource with a JSON merge patch",
 		Example: `  rhizomectl patch ippool default-ipv4-ippool -p '{"spec":{"disabled":true}}'
   rhizomectl patch node node-1 -p '{"spec":{"bgp":{"asNumber":"64514"}}}'
-  rhizomectl patch node rke-node4 -p '{"spec":{"bgp":{"routeReflectorClusterID":"244.0.0.1"}}}'`,
-		Args: cobra.ExactArgs(2),
+  rhizomectl patch node rke-node4 -p '{"spec":{"bgp":{"routeReflectorClusterID":"244.0.0.1"}}}'
+  rhizomectl patch ipamconfig -p '{"strictAffinity":true,"maxBlocksPerNode":10}'`,
+		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if isIPAMConfig(args[0]) {
+				return o.patchIPAMConfig(args[1:], patch)
+			}
+			if len(args) != 2 {
+				return fmt.Errorf("patch %s needs the NAME of the resource", args[0])
+			}
 			info, err := api.LookupKind(args[0])
 			if err != nil {
 				return err
@@ -290,13 +297,17 @@ func newGetCommand(o *Options) *cobra.Command {
 		Long: `List resources, or show named ones.
 
 Kinds: ippool (ippools, pool), ipreservation (ipreservations, ipres),
-bgpconfiguration (bgpconfig), bgppeer (bgppeers), node (nodes).`,
+bgpconfiguration (bgpconfig), bgppeer (bgppeers), node (nodes), and
+ipamconfig (the one IPAM configuration, named default).`,
 		Example: `  rhizomectl get ippool -o wide
   rhizomectl get node kube-node-0 -o yaml`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !validOutput(output) {
 				return fmt.Errorf("unknown output format %q: use wide, yaml or json", output)
+			}
+			if isIPAMConfig(args[0]) {
+				return o.getIPAMConfig(args[1:], output)
 			}
 			info, err := api.LookupKind(args[0])
 			if err != nil {

@@ -79,6 +79,7 @@ Connection settings come from flags or the environment:
 		newDeleteCommand(o),
 		newGetCommand(o),
 		newPatchCommand(o),
+		newIPAMCommand(o),
 	)
 	root.PersistentPostRun = func(*cobra.Command, []string) { o.close() }
 	return root
