@@ -23,10 +23,13 @@ build:
 	@mkdir -p $(BIN)
 	@for b in $(BINARIES); do CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/$$b ./cmd/$$b; done
 
-## test: everything CI runs — set-up, then every test with -race
+## test: everything CI runs — set-up, then every test with -race, then the
+## IPAM fault runs at full length without -race (under it they run an eighth)
 test: test-deps
 	@echo "==> go test $(TEST_FLAGS) ./..."
 	$(GO) test $(TEST_FLAGS) ./...
+	@echo "==> IPAM fault and linearizability runs, full length (20,000 operations each)"
+	$(GO) test -count=1 -timeout 15m -run '^TestChaos' -v ./ipam/ | grep -E '^(---|ok|FAIL|PASS)|chaos_'
 
 ## test-short: quick iteration (no -race, cached results allowed)
 test-short:
@@ -61,9 +64,15 @@ fuzz:
 	  done; \
 	done
 
-## bench: benchmarks with their baselines, printed as a table (filled by the IPAM, CNI, dataplane and BGP work)
+## bench: benchmarks with their baselines measured in the same run, each printed as one table (CNI, dataplane and BGP add theirs)
+# The report is a test (TestReport -report) so it can start embedded etcd; it runs from a compiled test
+# binary so only the table reaches stdout (progress goes to stderr). `go test -bench .` runs the BenchmarkXxx.
 bench:
-	@echo "==> no benchmarks yet: the IPAM, CNI, dataplane and BGP issues add them"
+	@echo "==> building the IPAM benchmark (integration/ipambench) into $(CACHE)/bench"
+	@mkdir -p $(CACHE)/bench
+	@$(GO) test -c -o $(CACHE)/bench/ipambench.test ./integration/ipambench
+	@echo "==> IPAM benchmark report (about 2 minutes)"
+	@cd integration/ipambench && $(CACHE)/bench/ipambench.test -test.run '^TestReport$$' -test.count 1 -test.timeout 15m -report
 
 clean:
 	rm -rf $(BIN)
