@@ -165,8 +165,25 @@ type labPod struct {
 // peerNS, with addr on it, and one pod with the second address of block.
 func newLabNode(t *testing.T, name string, peerNS netns.NsHandle, peerName, addr, block string, mtu int) *labNode {
 	t.Helper()
-	n := &labNode{name: name, ns: newNS(t), addr: netip.MustParsePrefix(addr), block: netip.MustParsePrefix(block)}
-	veth(t, n.ns, "eth0", peerNS, peerName, mtu)
+	ns := newNS(t)
+	veth(t, ns, "eth0", peerNS, peerName, mtu)
+	return setupLabNode(t, name, ns, addr, block, mtu)
+}
+
+// newLabNodePair makes two nodes whose eth0s are the two ends of one veth
+// pair (one subnet without a bridge, for minimal guest kernels).
+func newLabNodePair(t *testing.T, addr1, block1, addr2, block2 string) (*labNode, *labNode) {
+	t.Helper()
+	ns1, ns2 := newNS(t), newNS(t)
+	veth(t, ns1, "eth0", ns2, "eth0", 1500)
+	return setupLabNode(t, "node1", ns1, addr1, block1, 1500), setupLabNode(t, "node2", ns2, addr2, block2, 1500)
+}
+
+// setupLabNode gives a namespace with an eth0 the rest of a node: the
+// uplink address, forwarding, and a pod.
+func setupLabNode(t *testing.T, name string, ns netns.NsHandle, addr, block string, mtu int) *labNode {
+	t.Helper()
+	n := &labNode{name: name, ns: ns, addr: netip.MustParsePrefix(addr), block: netip.MustParsePrefix(block)}
 	addAddr(t, n.ns, "eth0", addr)
 	if err := EnsureNodeSysctls(n.ns); err != nil {
 		t.Fatal(err)
