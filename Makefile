@@ -13,7 +13,7 @@ STATICCHECK := $(CACHE)/staticcheck-$(STATICCHECK_VERSION)/staticcheck
 TEST_FLAGS  ?= -race -count=1 -timeout 25m
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build test test-short lint fuzz bench clean
+.PHONY: all build test test-short lint fuzz bench bench-dataplane clean
 
 all: build
 
@@ -62,8 +62,12 @@ fuzz:
 	done
 
 ## bench: benchmarks with their baselines, printed as a table (filled by the IPAM, CNI, dataplane and BGP work)
-bench:
-	@echo "==> no benchmarks yet: the IPAM, CNI, dataplane and BGP issues add them"
+bench: bench-dataplane
+
+## bench-dataplane: 10,000 routes installed and resynced by the reconciler, next to ip -batch (root)
+bench-dataplane:
+	@echo "==> dataplane: route programming next to ip -batch, same run"
+	$(GO) test -run '^$$' -bench RouteProgramming -benchtime 1x ./dataplane/dpbench
 
 clean:
 	rm -rf $(BIN)

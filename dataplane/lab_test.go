@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"strings"
@@ -306,6 +307,21 @@ func routeLine(h *netlink.Handle, r netlink.Route) string {
 		b.WriteString(" onlink")
 	}
 	return b.String()
+}
+
+// logIPRoute logs `ip route show proto 94` as run in ns, when the ip
+// binary exists (the README quotes this output; it asserts nothing).
+func logIPRoute(t *testing.T, name string, ns netns.NsHandle) {
+	t.Helper()
+	ipBin, err := exec.LookPath("ip")
+	if err != nil {
+		return
+	}
+	_ = inNS(ns, func() error {
+		out, err := exec.Command(ipBin, "route", "show", "proto", "94").CombinedOutput()
+		t.Logf("%s$ ip route show proto 94\n%s(err %v)", name, out, err)
+		return nil
+	})
 }
 
 // eventually polls cond every 10 ms until it holds or d passes.

@@ -112,6 +112,7 @@ func TestPrivilegedNeverMode(t *testing.T) {
 	if u := plans[0].Unroutable; len(u) != 1 || u[0].Prefix.String() != "192.168.3.0/26" || !strings.Contains(u[0].Reason, "not on a local subnet") {
 		t.Errorf("node1 unroutable = %+v, want 192.168.3.0/26 not on a local subnet", u)
 	}
+	logIPRoute(t, "node1 (Never)", n1.ns)
 	pingOK(t, n1.pod.ns, n2.pod.addr)
 	pingOK(t, n2.pod.ns, n1.pod.addr)
 	if src, err := tcpCheck(t, n1.pod.ns, n2.pod.ns, n2.pod.addr); err != nil || src != n1.pod.addr {
@@ -134,6 +135,7 @@ func TestPrivilegedCrossSubnetSameSubnet(t *testing.T) {
 	if u := plans[0].Unroutable; len(u) != 1 || !strings.Contains(u[0].Reason, ErrNoIPIP.Error()) {
 		t.Errorf("node1 unroutable = %+v, want 192.168.3.0/26 with %q", u, ErrNoIPIP)
 	}
+	logIPRoute(t, "node1 (CrossSubnet, no ipip)", n1.ns)
 	pingOK(t, n1.pod.ns, n2.pod.addr)
 	if _, err := tcpCheck(t, n2.pod.ns, n1.pod.ns, n1.pod.addr); err != nil {
 		t.Error(err)
