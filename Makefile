@@ -13,7 +13,7 @@ STATICCHECK := $(CACHE)/staticcheck-$(STATICCHECK_VERSION)/staticcheck
 TEST_FLAGS  ?= -race -count=1 -timeout 25m
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build test test-short lint fuzz bench clean
+.PHONY: all build test test-short lint fuzz bench bench-dataplane clean
 
 all: build
 
@@ -64,15 +64,22 @@ fuzz:
 	  done; \
 	done
 
-## bench: benchmarks with their baselines measured in the same run, each printed as one table (CNI, dataplane and BGP add theirs)
-# The report is a test (TestReport -report) so it can start embedded etcd; it runs from a compiled test
-# binary so only the table reaches stdout (progress goes to stderr). `go test -bench .` runs the BenchmarkXxx.
-bench:
+## bench: every benchmark report, each with its baseline measured in the same run
+bench: bench-ipam bench-dataplane
+
+## bench-ipam: the IPAM report next to host-local. The report is a test (TestReport -report) so it can
+## start embedded etcd; it runs from a compiled test binary so only the table reaches stdout.
+bench-ipam:
 	@echo "==> building the IPAM benchmark (integration/ipambench) into $(CACHE)/bench"
 	@mkdir -p $(CACHE)/bench
 	@$(GO) test -c -o $(CACHE)/bench/ipambench.test ./integration/ipambench
 	@echo "==> IPAM benchmark report (about 2 minutes)"
 	@cd integration/ipambench && $(CACHE)/bench/ipambench.test -test.run '^TestReport$$' -test.count 1 -test.timeout 15m -report
+
+## bench-dataplane: 10,000 routes installed and resynced by the reconciler, next to ip -batch (root)
+bench-dataplane:
+	@echo "==> dataplane: route programming next to ip -batch, same run"
+	$(GO) test -run '^$$' -bench RouteProgramming -benchtime 1x ./dataplane/dpbench
 
 clean:
 	rm -rf $(BIN)
