@@ -66,7 +66,14 @@ func FetchKernel(ctx context.Context, log *slog.Logger, cacheDir, pkg string) (K
 	}
 	defer os.RemoveAll(tmp)
 	if _, err := run(ctx, tmp, "apt-get", "download", "-q", image); err != nil {
-		return Kernel{}, fmt.Errorf("download kernel package %s (is the apt index current? apt-get update): %w", image, err)
+		// A stale index names a file the mirror no longer has.
+		log.Info("kernel download failed: apt-get update and retry", "package", image, "err", err)
+		if _, uerr := run(ctx, "", "apt-get", "update", "-q"); uerr != nil {
+			return Kernel{}, fmt.Errorf("download kernel package %s: %w; apt-get update: %w", image, err, uerr)
+		}
+		if _, err := run(ctx, tmp, "apt-get", "download", "-q", image); err != nil {
+			return Kernel{}, fmt.Errorf("download kernel package %s: %w", image, err)
+		}
 	}
 	debs, _ := filepath.Glob(filepath.Join(tmp, "*.deb"))
 	if len(debs) != 1 {
