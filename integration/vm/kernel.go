@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // Kernel is a Debian kernel package unpacked under Dir, its modules indexed
@@ -46,10 +47,29 @@ func OpenKernel(dir string) (Kernel, error) {
 // (linux-image-6.1.0-56-cloud-amd64) or a meta-package
 // (linux-image-cloud-amd64), which is resolved to the image it currently
 // depends on. The package is only unpacked, never installed on the host.
+//
+// Asking apt takes a second or two, so the answer is remembered in
+// cacheDir for a day: a new Debian kernel is picked up by the next run
+// after that.
 func FetchKernel(ctx context.Context, log *slog.Logger, cacheDir, pkg string) (Kernel, error) {
-	image, err := resolveImagePackage(ctx, log, pkg)
-	if err != nil {
-		return Kernel{}, err
+	memo := filepath.Join(cacheDir, "kernel-package-"+pkg)
+	var image string
+	if st, err := os.Stat(memo); err == nil && time.Since(st.ModTime()) < 24*time.Hour {
+		if b, err := os.ReadFile(memo); err == nil && isImagePackage(strings.TrimSpace(string(b))) {
+			image = strings.TrimSpace(string(b))
+		}
+	}
+	if image == "" {
+		var err error
+		if image, err = resolveImagePackage(ctx, log, pkg); err != nil {
+			return Kernel{}, err
+		}
+		if err := os.MkdirAll(cacheDir, 0o755); err != nil {
+			return Kernel{}, fmt.Errorf("create cache directory %s: %w", cacheDir, err)
+		}
+		if err := os.WriteFile(memo, []byte(image+"\n"), 0o644); err != nil {
+			return Kernel{}, fmt.Errorf("remember kernel package: %w", err)
+		}
 	}
 	release := strings.TrimPrefix(image, "linux-image-")
 	dir := filepath.Join(cacheDir, "kernel-"+release)
@@ -57,9 +77,6 @@ func FetchKernel(ctx context.Context, log *slog.Logger, cacheDir, pkg string) (K
 		return k, nil
 	}
 	log.Info("fetching kernel", "package", image, "dir", dir)
-	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
-		return Kernel{}, fmt.Errorf("create cache directory %s: %w", cacheDir, err)
-	}
 	tmp, err := os.MkdirTemp(cacheDir, "kernel-"+release+".tmp-")
 	if err != nil {
 		return Kernel{}, fmt.Errorf("create a download directory in %s: %w", cacheDir, err)
