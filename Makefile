@@ -13,7 +13,7 @@ STATICCHECK := $(CACHE)/staticcheck-$(STATICCHECK_VERSION)/staticcheck
 TEST_FLAGS  ?= -race -count=1 -timeout 25m
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build test test-short lint fuzz bench bench-dataplane clean
+.PHONY: all build test test-short lint fuzz bench bench-ipam bench-dataplane clean kernel-deps test-kernel
 
 all: build
 
@@ -23,9 +23,9 @@ build:
 	@mkdir -p $(BIN)
 	@for b in $(BINARIES); do CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/$$b ./cmd/$$b; done
 
-## test: everything CI runs — set-up, then every test with -race, then the
-## IPAM fault runs at full length without -race (under it they run an eighth)
-test: test-deps
+## test: everything CI runs — set-up, the IPIP tests under a qemu-booted kernel, every test with
+## -race, then the IPAM fault runs at full length without -race (under it they run an eighth)
+test: test-deps test-kernel
 	@echo "==> go test $(TEST_FLAGS) ./..."
 	$(GO) test $(TEST_FLAGS) ./...
 	@echo "==> IPAM fault and linearizability runs, full length (20,000 operations each)"
@@ -39,6 +39,33 @@ test-short:
 test-deps:
 	@echo "==> test dependencies: Go modules"
 	@$(GO) mod download
+
+## test-kernel: the TestKernel tests of KERNEL_TEST_PKGS under a qemu-booted Debian kernel
+## (IPIP, which this machine's kernel lacks); see integration/vm
+KERNEL_TEST_PKGS  := ./integration/kernel/
+KERNEL_TEST_FLAGS ?= -count=1 -timeout 10m
+KERNEL_PACKAGE    ?= linux-image-cloud-amd64
+VMEXEC            := $(CACHE)/vmexec/vmexec
+test-kernel: kernel-deps
+	@echo "==> go test -exec vmexec -run '^TestKernel' $(KERNEL_TEST_PKGS)"
+	CGO_ENABLED=0 $(GO) test $(KERNEL_TEST_FLAGS) -run '^TestKernel' \
+	  -exec "$(VMEXEC) run -fail-on-skip -kernel-dir $$(cat $(CACHE)/vmexec/kernel-dir)" $(KERNEL_TEST_PKGS)
+
+## kernel-deps: qemu, static busybox and kmod from apt; the current Debian 12 cloud kernel,
+## unpacked (never installed) into .cache/kernel-<release>/ with a base initramfs
+kernel-deps:
+	@need=; for p in qemu-system-x86 busybox-static kmod; do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || need="$$need $$p"; \
+	done; \
+	if [ -n "$$need" ]; then \
+	  echo "==> apt-get install$$need"; apt-get update -q; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$need; \
+	fi
+	@echo "==> building vmexec into $(dir $(VMEXEC))"
+	@CGO_ENABLED=0 $(GO) build -trimpath -o $(VMEXEC) ./integration/vmexec
+	@echo "==> kernel $(KERNEL_PACKAGE) and base initramfs"
+	@$(VMEXEC) prepare -cache $(CACHE) -kernel-package $(KERNEL_PACKAGE) > $(CACHE)/vmexec/kernel-dir
+	@echo "    $$(cat $(CACHE)/vmexec/kernel-dir)"
 
 ## lint: gofmt, go vet, staticcheck (pinned)
 lint: $(STATICCHECK)
