@@ -42,7 +42,7 @@ test-deps:
 
 ## test-kernel: the TestKernel tests of KERNEL_TEST_PKGS under a qemu-booted Debian kernel
 ## (IPIP, which this machine's kernel lacks); see integration/vm
-KERNEL_TEST_PKGS  := ./integration/kernel/
+KERNEL_TEST_PKGS  := ./integration/kernel/ ./dataplane/
 KERNEL_TEST_FLAGS ?= -count=1 -timeout 10m
 KERNEL_PACKAGE    ?= linux-image-cloud-amd64
 VMEXEC            := $(CACHE)/vmexec/vmexec
