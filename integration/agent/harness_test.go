@@ -1,0 +1,304 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+
+	"github.com/rhizome-net/rhizome/datastore/etcdtest"
+)
+
+// The tests run the real binaries: rhizome-node against an embedded etcd,
+// rhizome-cni driven by libcni into real network namespaces, rhizomectl
+// for what an operator checks.
+
+var binDir string
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		dir, err := os.MkdirTemp("", "rhizome-agent-bin")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		for _, b := range []string{"rhizome-node", "rhizome-cni", "rhizomectl"} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b), "../../cmd/"+b)
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", b, err, out)
+				return 1
+			}
+		}
+		binDir = dir
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+func needRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces and veth pairs")
+	}
+}
+
+// cluster is one etcd and the agents started against it.
+type cluster struct {
+	t    *testing.T
+	etcd *etcdtest.Server
+	dir  string
+}
+
+func newCluster(t *testing.T) *cluster {
+	return &cluster{t: t, etcd: etcdtest.Start(t), dir: t.TempDir()}
+}
+
+func (c *cluster) endpoints() string { return strings.Join(c.etcd.Endpoints(), ",") }
+
+// ctl runs rhizomectl and returns its output; it fails the test on error.
+func (c *cluster) ctl(args ...string) string {
+	c.t.Helper()
+	cmd := exec.Command(filepath.Join(binDir, "rhizomectl"), args...)
+	cmd.Env = append(os.Environ(), "RHIZOME_ETCD_ENDPOINTS="+c.endpoints())
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		c.t.Fatalf("rhizomectl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// agent is one rhizome-node process.
+type agent struct {
+	t      *testing.T
+	name   string
+	args   []string
+	env    []string
+	socket string
+	status string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	log  *bytes.Buffer
+	done chan error
+}
+
+func (c *cluster) agent(name string, extra ...string) *agent {
+	c.t.Helper()
+	dir := filepath.Join(c.dir, name)
+	a := &agent{t: c.t, name: name, socket: filepath.Join(dir, "run", "cni.sock"), status: freeAddr(c.t)}
+	a.args = append([]string{
+		"--node-name", name, "--etcd-endpoints", c.endpoints(), "--kubernetes", "false",
+		"--cni-socket", a.socket, "--status-addr", a.status, "--heartbeat-interval", "500ms",
+		"--default-ipv4-pool-cidr", "10.244.0.0/16", "--default-ipv4-pool-ipip", "Never",
+	}, extra...)
+	a.start()
+	c.t.Cleanup(func() { a.kill() })
+	return a
+}
+
+func freeAddr(t testing.TB) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// start runs the agent and waits until /readyz says it is ready.
+func (a *agent) start() {
+	a.t.Helper()
+	a.mu.Lock()
+	a.cmd = exec.Command(filepath.Join(binDir, "rhizome-node"), a.args...)
+	a.log = &bytes.Buffer{}
+	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
+	if err := a.cmd.Start(); err != nil {
+		a.mu.Unlock()
+		a.t.Fatal(err)
+	}
+	a.done = make(chan error, 1)
+	go func(cmd *exec.Cmd, done chan error) { done <- cmd.Wait() }(a.cmd, a.done)
+	a.mu.Unlock()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if code, _ := a.get("/readyz"); code == http.StatusOK {
+			return
+		}
+		select {
+		case err := <-a.done:
+			a.t.Fatalf("rhizome-node %s exited at start: %v\n%s", a.name, err, a.logs())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	a.t.Fatalf("rhizome-node %s not ready within 20s\n%s", a.name, a.logs())
+}
+
+func (a *agent) logs() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.log.String()
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (a *agent) stop() {
+	a.t.Helper()
+	a.mu.Lock()
+	cmd, done := a.cmd, a.done
+	a.mu.Unlock()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		a.t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			a.t.Fatalf("rhizome-node %s did not exit cleanly on SIGTERM: %v\n%s", a.name, err, a.logs())
+		}
+	case <-time.After(10 * time.Second):
+		a.t.Fatalf("rhizome-node %s still running 10s after SIGTERM\n%s", a.name, a.logs())
+	}
+}
+
+// kill stops the agent the hard way (SIGKILL), as a crash or a lost node
+// would; it is also the clean-up. Only the process this test started.
+func (a *agent) kill() {
+	a.mu.Lock()
+	cmd, done := a.cmd, a.done
+	a.mu.Unlock()
+	if cmd == nil || cmd.ProcessState != nil {
+		return
+	}
+	_ = cmd.Process.Kill()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+	}
+}
+
+func (a *agent) get(path string) (int, string) {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + a.status + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// runtime is a container runtime on the node: libcni running the plugin
+// inside the test's host namespace, so the host ends of the veths stay in
+// a namespace the test owns.
+type runtime struct {
+	t    *testing.T
+	host ns.NetNS
+	cni  *libcni.CNIConfig
+	conf *libcni.NetworkConfigList
+}
+
+type nsExec struct {
+	host ns.NetNS
+	raw  invoke.RawExec
+	version.PluginDecoder
+}
+
+func (e *nsExec) ExecPlugin(ctx context.Context, path string, stdin []byte, env []string) ([]byte, error) {
+	var out []byte
+	var runErr error
+	if err := e.host.Do(func(ns.NetNS) error {
+		out, runErr = e.raw.ExecPlugin(ctx, path, stdin, env)
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	return out, runErr
+}
+
+func (e *nsExec) FindInPath(plugin string, paths []string) (string, error) {
+	return invoke.FindInPath(plugin, paths)
+}
+
+func newNS(t testing.TB) ns.NetNS {
+	t.Helper()
+	n, err := testutils.NewNS()
+	if err != nil {
+		t.Fatalf("new netns: %v", err)
+	}
+	t.Cleanup(func() { n.Close(); _ = testutils.UnmountNS(n) })
+	return n
+}
+
+func (a *agent) runtime() *runtime {
+	a.t.Helper()
+	host := newNS(a.t)
+	ex := &nsExec{host: host, raw: invoke.RawExec{Stderr: os.Stderr}}
+	conf, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "k8s-pod-network",
+		"plugins": []map[string]any{{"type": "rhizome-cni", "socket": a.socket, "mtu": 1400}}})
+	l, err := libcni.ConfListFromBytes(conf)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	return &runtime{t: a.t, host: host, cni: libcni.NewCNIConfigWithCacheDir([]string{binDir}, a.t.TempDir(), ex), conf: l}
+}
+
+type pod struct {
+	netns ns.NetNS
+	rt    *libcni.RuntimeConf
+}
+
+func (r *runtime) pod(namespace, name string) *pod {
+	p := &pod{netns: newNS(r.t)}
+	p.rt = &libcni.RuntimeConf{ContainerID: "ctr-" + name, NetNS: p.netns.Path(), IfName: "eth0",
+		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", namespace}, {"K8S_POD_NAME", name},
+			{"K8S_POD_INFRA_CONTAINER_ID", "ctr-" + name}}}
+	return p
+}
+
+func (r *runtime) add(p *pod) (netip.Addr, error) {
+	res, err := r.cni.AddNetworkList(context.Background(), r.conf, p.rt)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	res100, err := types100.NewResultFromResult(res)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if len(res100.IPs) == 0 {
+		return netip.Addr{}, fmt.Errorf("ADD result without an address: %v", res100)
+	}
+	a, _ := netip.AddrFromSlice(res100.IPs[0].Address.IP)
+	return a.Unmap(), nil
+}
+
+func (r *runtime) mustAdd(p *pod) netip.Addr {
+	r.t.Helper()
+	a, err := r.add(p)
+	if err != nil {
+		r.t.Fatalf("ADD %s: %v", p.rt.ContainerID, err)
+	}
+	return a
+}
+
+func (r *runtime) del(p *pod) error {
+	return r.cni.DelNetworkList(context.Background(), r.conf, p.rt)
+}
