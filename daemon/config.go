@@ -61,7 +61,9 @@ func (c *Config) settings() []struct {
 		return func(fs *pflag.FlagSet, s Setting) { fs.StringVar(p, s.Flag, s.Default, s.Help) }
 	}
 	list := func(p *[]string) func(*pflag.FlagSet, Setting) {
-		return func(fs *pflag.FlagSet, s Setting) { fs.StringSliceVar(p, s.Flag, strings.Split(s.Default, ","), s.Help) }
+		return func(fs *pflag.FlagSet, s Setting) {
+			fs.StringSliceVar(p, s.Flag, strings.Split(s.Default, ","), s.Help)
+		}
 	}
 	dur := func(p *time.Duration) func(*pflag.FlagSet, Setting) {
 		return func(fs *pflag.FlagSet, s Setting) {

@@ -240,8 +240,10 @@ func heartbeatStale(n *api.Node, now time.Time, ttl time.Duration) bool {
 	return err == nil && now.Sub(t) > ttl
 }
 
-func (heartbeatView) LiveWorkloads(context.Context) ([]ipam.Workload, bool, error) { return nil, false, nil }
-func (heartbeatView) PodGone(context.Context, string, string) (bool, error)        { return false, nil }
+func (heartbeatView) LiveWorkloads(context.Context) ([]ipam.Workload, bool, error) {
+	return nil, false, nil
+}
+func (heartbeatView) PodGone(context.Context, string, string) (bool, error) { return false, nil }
 
 func sleep(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)
