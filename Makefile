@@ -6,14 +6,14 @@ SHELL       := /bin/bash
 GO          ?= go
 CACHE       := $(CURDIR)/.cache
 BIN         := $(CURDIR)/bin
-BINARIES    := rhizomectl
+BINARIES    := rhizomectl rhizome-cni rhizome-ipam
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(CACHE)/staticcheck-$(STATICCHECK_VERSION)/staticcheck
 # -race needs cgo; everything else builds static.
 TEST_FLAGS  ?= -race -count=1 -timeout 25m
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build test test-short lint fuzz bench clean
+.PHONY: all build test test-short lint fuzz bench bench-cni clean
 
 all: build
 
@@ -64,6 +64,11 @@ fuzz:
 ## bench: benchmarks with their baselines, printed as a table (filled by the IPAM, CNI, dataplane and BGP work)
 bench:
 	@echo "==> no benchmarks yet: the IPAM, CNI, dataplane and BGP issues add them"
+
+## bench-cni: CNI ADD/DEL through libcni, 200 pods, rhizome-cni next to ptp+host-local (root)
+bench-cni:
+	@echo "==> CNI ADD/DEL end to end, rhizome-cni next to the reference ptp + host-local"
+	$(GO) test -run '^$$' -bench CNIAddDel -benchtime=1x -count=1 -v ./integration/cnibench/
 
 clean:
 	rm -rf $(BIN)

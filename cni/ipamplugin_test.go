@@ -10,12 +10,13 @@ import (
 	"time"
 
 	"github.com/rhizome-net/rhizome/api"
+	"github.com/rhizome-net/rhizome/cni/cnitest"
 	"github.com/rhizome-net/rhizome/daemon/cnisvc/agenttest"
 )
 
 func TestPrivilegedIPAMWithBridge(t *testing.T) {
-	needRoot(t)
-	refDir := referencePlugins(t, "bridge")
+	cnitest.NeedRoot(t)
+	refDir := cnitest.ReferencePlugins(t, "bridge")
 	ag := agenttest.Start(t, agenttest.Pool("lan", "10.42.0.0/24"),
 		agenttest.Object(&api.IPReservation{ObjectMeta: api.ObjectMeta{Name: "lan-gateway"}, Spec: api.IPReservationSpec{ReservedCIDRs: []string{"10.42.0.1"}}}))
 	n := newNode(t, refDir)
@@ -23,13 +24,13 @@ func TestPrivilegedIPAMWithBridge(t *testing.T) {
 	if err := os.WriteFile(resolv, []byte("nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local\noptions ndots:5\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	conf := confList(t, "br-net", map[string]any{
+	conf := cnitest.ConfList(t, "br-net", map[string]any{
 		"type": "bridge", "bridge": fmt.Sprintf("rzbr%d", time.Now().UnixNano()%100000), "isGateway": true,
 		"ipam": map[string]any{"type": "rhizome-ipam", "socket": ag.Socket, "gateway": "10.42.0.1",
 			"routes": []map[string]any{{"dst": "0.0.0.0/0"}}, "resolvConf": resolv},
 	})
-	a, b := n.newPod("default", "br-a"), n.newPod("default", "br-b")
-	resA, resB := n.add(conf, a), n.add(conf, b)
+	a, b := n.NewPod("default", "br-a"), n.NewPod("default", "br-b")
+	resA, resB := n.Add(conf, a), n.Add(conf, b)
 	for _, r := range []string{resA.IPs[0].Address.String(), resB.IPs[0].Address.String()} {
 		if !strings.HasPrefix(r, "10.42.0.") || !strings.HasSuffix(r, "/24") || r == "10.42.0.1/24" {
 			t.Fatalf("bridge pod address %s: want 10.42.0.x/24 (the pool's prefix), not the gateway", r)
@@ -41,18 +42,18 @@ func TestPrivilegedIPAMWithBridge(t *testing.T) {
 	if strings.Join(resA.DNS.Nameservers, ",") != "10.96.0.10" || len(resA.DNS.Search) != 2 || resA.DNS.Options[0] != "ndots:5" {
 		t.Fatalf("DNS %+v, want the resolv.conf's", resA.DNS)
 	}
-	addrA, addrB := podAddr(t, resA), podAddr(t, resB)
-	if err := ping(a.netns, addrB, 3*time.Second); err != nil {
+	addrA, addrB := cnitest.PodAddr(t, resA), cnitest.PodAddr(t, resB)
+	if err := cnitest.Ping(a.NetNS, addrB, 3*time.Second); err != nil {
 		t.Errorf("pod a to pod b over the bridge: %v", err)
 	}
-	if err := ping(b.netns, addrA, 3*time.Second); err != nil {
+	if err := cnitest.Ping(b.NetNS, addrA, 3*time.Second); err != nil {
 		t.Errorf("pod b to pod a over the bridge: %v", err)
 	}
-	if err := n.cni.CheckNetworkList(context.Background(), conf, a.rt); err != nil {
+	if err := n.CNI.CheckNetworkList(context.Background(), conf, a.RT); err != nil {
 		t.Fatalf("CHECK: %v", err)
 	}
-	n.del(conf, a)
-	n.del(conf, b)
+	n.Del(conf, a)
+	n.Del(conf, b)
 	if got := ag.Allocated(); len(got) != 0 {
 		t.Fatalf("after DEL allocated %v", got)
 	}
