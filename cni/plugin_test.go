@@ -375,3 +375,27 @@ func TestPrivilegedDualStack(t *testing.T) {
 		t.Fatalf("after DEL: links %v routes %v allocated %v", links, routes, ag.Allocated())
 	}
 }
+
+// A pod's new sandbox reuses the host veth name; a late DEL of the old
+// sandbox (whose namespace is gone) must not remove the new one's veth.
+func TestPrivilegedLateDelOfOldSandbox(t *testing.T) {
+	cnitest.NeedRoot(t)
+	ag := agenttest.Start(t, agenttest.Pool("pool-a", "10.43.0.0/24"))
+	n := newNode(t)
+	conf := rhizomeConf(t, ag, nil)
+	old := n.NewPod("default", "restarted")
+	oldAddr := cnitest.PodAddr(t, n.Add(conf, old))
+	cnitest.DeleteNS(old.NetNS)
+
+	fresh := n.NewPod("default", "restarted")
+	fresh.RT.ContainerID = "ctr-restarted-2"
+	freshAddr := cnitest.PodAddr(t, n.Add(conf, fresh))
+	n.Del(conf, old)
+	if err := n.CNI.CheckNetworkList(context.Background(), conf, fresh.RT); err != nil {
+		t.Fatalf("CHECK of the new sandbox after the old one's DEL: %v", err)
+	}
+	got := ag.Allocated()
+	if _, held := got[oldAddr]; held || got[freshAddr] == "" || len(got) != 1 {
+		t.Fatalf("allocated %v: want only the new sandbox's %s", got, freshAddr)
+	}
+}
