@@ -399,3 +399,15 @@ func TestPrivilegedLateDelOfOldSandbox(t *testing.T) {
 		t.Fatalf("allocated %v: want only the new sandbox's %s", got, freshAddr)
 	}
 }
+
+func TestPrivilegedStatusWithoutPools(t *testing.T) {
+	cnitest.NeedRoot(t)
+	ag := agenttest.Start(t)
+	n := newNode(t)
+	err := n.CNI.GetStatusNetworkList(context.Background(), rhizomeConf(t, ag, nil))
+	cnitest.WantErrText(t, err, "rhizome-node cannot allocate addresses: there are no enabled IP pools")
+	var te *types.Error
+	if !errors.As(err, &te) || te.Code != 50 {
+		t.Errorf("STATUS error %#v, want CNI code 50", err)
+	}
+}
