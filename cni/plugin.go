@@ -90,6 +90,9 @@ func (p Plugin) Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return agentError(err)
 	}
+	if len(resp.IPs) == 0 {
+		return types.NewError(agentapi.CodeAllocation, fmt.Sprintf("rhizome-cni: rhizome-node assigned no address to pod %s", a.who()), "")
+	}
 	pn := &podNet{netns: args.Netns, hostName: a.hostName(), owner: a.owner(), ifName: args.IfName, mtu: a.conf.MTU}
 	if pn.mtu == 0 {
 		pn.mtu = resp.MTU

@@ -404,7 +404,11 @@ func TestPrivilegedStatusWithoutPools(t *testing.T) {
 	cnitest.NeedRoot(t)
 	ag := agenttest.Start(t)
 	n := newNode(t)
-	err := n.CNI.GetStatusNetworkList(context.Background(), rhizomeConf(t, ag, nil))
+	info, err := n.CNI.GetVersionInfo(context.Background(), "rhizome-cni")
+	if err != nil || !slices.Contains(info.SupportedVersions(), "1.1.0") {
+		t.Fatalf("VERSION: %v, %v: want 1.1.0 among the supported versions", info, err)
+	}
+	err = n.CNI.GetStatusNetworkList(context.Background(), rhizomeConf(t, ag, nil))
 	cnitest.WantErrText(t, err, "rhizome-node cannot allocate addresses: there are no enabled IP pools")
 	var te *types.Error
 	if !errors.As(err, &te) || te.Code != 50 {
