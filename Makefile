@@ -6,14 +6,14 @@ SHELL       := /bin/bash
 GO          ?= go
 CACHE       := $(CURDIR)/.cache
 BIN         := $(CURDIR)/bin
-BINARIES    := rhizomectl
+BINARIES    := rhizomectl rhizome-cni rhizome-ipam
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(CACHE)/staticcheck-$(STATICCHECK_VERSION)/staticcheck
 # -race needs cgo; everything else builds static.
 TEST_FLAGS  ?= -race -count=1 -timeout 25m
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build test test-short lint fuzz bench bench-ipam bench-dataplane clean kernel-deps test-kernel
+.PHONY: all build test test-short lint fuzz bench bench-ipam bench-dataplane bench-cni clean kernel-deps test-kernel lab lab-up lab-down
 
 all: build
 
@@ -92,7 +92,7 @@ fuzz:
 	done
 
 ## bench: every benchmark report, each with its baseline measured in the same run
-bench: bench-ipam bench-dataplane
+bench: bench-ipam bench-cni bench-dataplane
 
 ## bench-ipam: the IPAM report next to host-local. The report is a test (TestReport -report) so it can
 ## start embedded etcd; it runs from a compiled test binary so only the table reaches stdout.
@@ -107,6 +107,11 @@ bench-ipam:
 bench-dataplane:
 	@echo "==> dataplane: route programming next to ip -batch, same run"
 	$(GO) test -run '^$$' -bench RouteProgramming -benchtime 1x ./dataplane/dpbench
+
+## bench-cni: CNI ADD/DEL through libcni, 200 pods, rhizome-cni next to ptp+host-local (root)
+bench-cni:
+	@echo "==> CNI ADD/DEL end to end, rhizome-cni next to the reference ptp + host-local"
+	$(GO) test -run '^$$' -bench CNIAddDel -benchtime=1x -count=1 -v ./integration/cnibench/
 
 clean:
 	rm -rf $(BIN)

@@ -50,9 +50,13 @@ func HostVethName(namespace, pod, containerID, ifName string) string {
 type podNet struct {
 	netns    string
 	hostName string
-	ifName   string
-	mtu      int
-	addrs    []netip.Addr
+	// owner marks the host veth (as its alias) with the attachment that
+	// made it: the host name follows the pod, so a pod's new sandbox
+	// reuses it, and a late DEL of the old sandbox must not remove it.
+	owner  string
+	ifName string
+	mtu    int
+	addrs  []netip.Addr
 }
 
 // setup builds the veth pair, the container's addresses and routes, and
@@ -140,6 +144,13 @@ func (p *podNet) setupContainer(h netlinksafe.Handle, host net.Interface) error 
 }
 
 func (p *podNet) setupHost(h netlinksafe.Handle, host net.Interface) error {
+	link, err := h.LinkByIndex(host.Index)
+	if err != nil {
+		return err
+	}
+	if err := h.LinkSetAlias(link, p.owner); err != nil {
+		return fmt.Errorf("set alias %q: %w", p.owner, err)
+	}
 	settings := []string{"net/ipv4/conf/%s/proxy_arp", "net/ipv4/conf/%s/forwarding"}
 	if slices.ContainsFunc(p.addrs, netip.Addr.Is6) {
 		settings = append(settings, "net/ipv6/conf/%s/forwarding")
@@ -174,8 +185,9 @@ func (p *podNet) gateways() []netip.Addr {
 }
 
 // teardown removes the pod's veth pair (its routes go with it). A
-// namespace or link that is already gone is not an error.
-func (p *podNet) teardown() error {
+// namespace or link that is already gone is not an error. Unless force is
+// set, a host veth another attachment owns is left alone.
+func (p *podNet) teardown(force bool) error {
 	if p.netns != "" {
 		err := ns.WithNetNSPath(p.netns, func(ns.NetNS) error {
 			l, err := netlinksafe.LinkByName(p.ifName)
@@ -198,10 +210,25 @@ func (p *podNet) teardown() error {
 		return err
 	}
 	defer hh.Close()
-	if err := deleteLink(hh, p.hostName); err != nil {
+	l, err := hh.LinkByName(p.hostName)
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("host veth %s: %w", p.hostName, err)
+	}
+	if !force && l.Attrs().Alias != p.owner {
+		return nil // a newer sandbox of the same pod owns it now
+	}
+	if err := hh.LinkDel(l); err != nil && !isNotFound(err) {
 		return fmt.Errorf("remove host veth %s: %w", p.hostName, err)
 	}
 	return nil
+}
+
+// ownerAlias is the host veth's alias for one attachment.
+func ownerAlias(network, containerID, ifName string) string {
+	return "rhizome:" + network + ":" + containerID + ":" + ifName
 }
 
 // check verifies what setup built; the error says what differs.
@@ -262,6 +289,9 @@ func (p *podNet) check() error {
 	}
 	if host.Attrs().Flags&net.FlagUp == 0 {
 		return fmt.Errorf("host veth %s is down", p.hostName)
+	}
+	if host.Attrs().Alias != p.owner {
+		return fmt.Errorf("host veth %s belongs to %q, not to this attachment", p.hostName, host.Attrs().Alias)
 	}
 	hostRoutes, err := hh.RouteList(host, netlink.FAMILY_ALL)
 	if err != nil {

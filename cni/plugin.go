@@ -54,6 +54,10 @@ func (a *attachment) hostName() string {
 	return HostVethName(string(a.pod.K8S_POD_NAMESPACE), string(a.pod.K8S_POD_NAME), a.args.ContainerID, a.args.IfName)
 }
 
+func (a *attachment) owner() string {
+	return ownerAlias(a.conf.Name, a.args.ContainerID, a.args.IfName)
+}
+
 func (a *attachment) addRequest(v4pools, v6pools []string, v4, v6 bool) *agentapi.AddRequest {
 	return &agentapi.AddRequest{
 		Network:      a.conf.Name,
@@ -86,7 +90,10 @@ func (p Plugin) Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return agentError(err)
 	}
-	pn := &podNet{netns: args.Netns, hostName: a.hostName(), ifName: args.IfName, mtu: a.conf.MTU}
+	if len(resp.IPs) == 0 {
+		return types.NewError(agentapi.CodeAllocation, fmt.Sprintf("rhizome-cni: rhizome-node assigned no address to pod %s", a.who()), "")
+	}
+	pn := &podNet{netns: args.Netns, hostName: a.hostName(), owner: a.owner(), ifName: args.IfName, mtu: a.conf.MTU}
 	if pn.mtu == 0 {
 		pn.mtu = resp.MTU
 	}
@@ -101,7 +108,7 @@ func (p Plugin) Add(args *skel.CmdArgs) (err error) {
 			return
 		}
 		// Undo: the runtime will not call DEL for a failed ADD.
-		_ = pn.teardown()
+		_ = pn.teardown(true)
 		if derr := client.Del(ctx, &agentapi.DelRequest{Network: a.conf.Name, Attachment: a.ref()}); derr != nil {
 			err = types.NewError(agentapi.CodeNetworkSetup, err.Error(),
 				fmt.Sprintf("releasing the addresses failed too (%v); the agent's GC will release them", derr))
@@ -154,8 +161,8 @@ func (p Plugin) Del(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	pn := &podNet{netns: args.Netns, hostName: a.hostName(), ifName: args.IfName}
-	if err := pn.teardown(); err != nil {
+	pn := &podNet{netns: args.Netns, hostName: a.hostName(), owner: a.owner(), ifName: args.IfName}
+	if err := pn.teardown(false); err != nil {
 		return types.NewError(agentapi.CodeNetworkSetup, fmt.Sprintf("rhizome-cni: DEL pod %s: %v", a.who(), err), "")
 	}
 	if err := a.client().Del(context.Background(), &agentapi.DelRequest{Network: a.conf.Name, Attachment: a.ref()}); err != nil {
@@ -178,7 +185,7 @@ func (p Plugin) Check(args *skel.CmdArgs) error {
 	if err := a.client().Check(context.Background(), &agentapi.CheckRequest{Network: a.conf.Name, Attachment: a.ref(), IPs: addrs}); err != nil {
 		return agentError(err)
 	}
-	pn := &podNet{netns: args.Netns, hostName: a.hostName(), ifName: args.IfName, mtu: a.conf.MTU, addrs: addrs}
+	pn := &podNet{netns: args.Netns, hostName: a.hostName(), owner: a.owner(), ifName: args.IfName, mtu: a.conf.MTU, addrs: addrs}
 	if err := pn.check(); err != nil {
 		return types.NewError(agentapi.CodeCheckFailed, fmt.Sprintf("rhizome-cni: CHECK pod %s: %v", a.who(), err), "")
 	}

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,8 +19,10 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/rhizome-net/rhizome/cni"
+	"github.com/rhizome-net/rhizome/cni/cnitest"
 	"github.com/rhizome-net/rhizome/daemon/cnisvc"
 	"github.com/rhizome-net/rhizome/daemon/cnisvc/agenttest"
+	"github.com/rhizome-net/rhizome/ipam"
 )
 
 func rhizomeConf(t testing.TB, ag *agenttest.Agent, extra map[string]any) *libcni.NetworkConfigList {
@@ -27,13 +31,13 @@ func rhizomeConf(t testing.TB, ag *agenttest.Agent, extra map[string]any) *libcn
 	for k, v := range extra {
 		p[k] = v
 	}
-	return confList(t, "rz-net", p)
+	return cnitest.ConfList(t, "rz-net", p)
 }
 
 // podLink reads the pod's interface: MTU, addresses, routes.
-func podLink(t testing.TB, p *pod) (mtu int, addrs []string, routes []netlink.Route) {
+func podLink(t testing.TB, p *cnitest.Pod) (mtu int, addrs []string, routes []netlink.Route) {
 	t.Helper()
-	if err := p.netns.Do(func(ns.NetNS) error {
+	if err := p.NetNS.Do(func(ns.NetNS) error {
 		l, err := netlinksafe.LinkByName("eth0")
 		if err != nil {
 			return err
@@ -55,18 +59,18 @@ func podLink(t testing.TB, p *pod) (mtu int, addrs []string, routes []netlink.Ro
 }
 
 func TestPrivilegedAddCheckDel(t *testing.T) {
-	needRoot(t)
+	cnitest.NeedRoot(t)
 	ag := agenttest.Start(t, agenttest.Pool("pool-a", "10.30.0.0/24"), agenttest.MTU(1410))
 	n := newNode(t)
 	conf := rhizomeConf(t, ag, nil)
-	p := n.newPod("default", "web-1")
+	p := n.NewPod("default", "web-1")
 
-	res := n.add(conf, p)
-	addr := podAddr(t, res)
+	res := n.Add(conf, p)
+	addr := cnitest.PodAddr(t, res)
 	if !netip.MustParsePrefix("10.30.0.0/24").Contains(addr) || res.IPs[0].Address.String() != addr.String()+"/32" {
 		t.Fatalf("ADD result address %s, want a /32 of 10.30.0.0/24", res.IPs[0].Address.String())
 	}
-	hostName := cni.HostVethName("default", "web-1", p.rt.ContainerID, "eth0")
+	hostName := cni.HostVethName("default", "web-1", p.RT.ContainerID, "eth0")
 	if res.Interfaces[0].Name != hostName || len(hostName) != 13 {
 		t.Fatalf("host interface %q, want %q", res.Interfaces[0].Name, hostName)
 	}
@@ -85,11 +89,11 @@ func TestPrivilegedAddCheckDel(t *testing.T) {
 	if !haveGwRoute || !haveDefault {
 		t.Errorf("pod routes %v: want 169.254.1.1 dev eth0 scope link and default via 169.254.1.1", routes)
 	}
-	links, hostRoutes := n.hostState()
+	links, hostRoutes := n.HostState()
 	if !slices.Equal(links, []string{hostName}) || len(hostRoutes) != 1 {
 		t.Fatalf("host links %v, rhizome routes %v", links, hostRoutes)
 	}
-	n.inHost(func() error {
+	n.InHost(func() error {
 		l, err := netlinksafe.LinkByName(hostName)
 		if err != nil {
 			return err
@@ -104,29 +108,29 @@ func TestPrivilegedAddCheckDel(t *testing.T) {
 		return nil
 	})
 
-	if err := n.cni.CheckNetworkList(context.Background(), conf, p.rt); err != nil {
+	if err := n.CNI.CheckNetworkList(context.Background(), conf, p.RT); err != nil {
 		t.Fatalf("CHECK after ADD: %v", err)
 	}
 	// CHECK notices a missing host route.
-	n.inHost(func() error {
+	n.InHost(func() error {
 		l, _ := netlinksafe.LinkByName(hostName)
 		rs, _ := netlinksafe.RouteList(l, netlink.FAMILY_V4)
 		return netlink.RouteDel(&rs[0])
 	})
-	err := n.cni.CheckNetworkList(context.Background(), conf, p.rt)
-	wantErrText(t, err, "CHECK", "host has no route "+addr.String()+"/32")
+	err := n.CNI.CheckNetworkList(context.Background(), conf, p.RT)
+	cnitest.WantErrText(t, err, "CHECK", "host has no route "+addr.String()+"/32")
 
-	again := n.add(conf, p)
-	if podAddr(t, again) != addr {
-		t.Fatalf("repeated ADD gave %s, first %s", podAddr(t, again), addr)
+	again := n.Add(conf, p)
+	if cnitest.PodAddr(t, again) != addr {
+		t.Fatalf("repeated ADD gave %s, first %s", cnitest.PodAddr(t, again), addr)
 	}
-	if err := n.cni.CheckNetworkList(context.Background(), conf, p.rt); err != nil {
+	if err := n.CNI.CheckNetworkList(context.Background(), conf, p.RT); err != nil {
 		t.Fatalf("CHECK after repeated ADD: %v", err)
 	}
 
-	n.del(conf, p)
-	n.del(conf, p) // DEL is idempotent
-	if links, routes := n.hostState(); len(links)+len(routes) != 0 {
+	n.Del(conf, p)
+	n.Del(conf, p) // DEL is idempotent
+	if links, routes := n.HostState(); len(links)+len(routes) != 0 {
 		t.Fatalf("after DEL: host links %v, routes %v", links, routes)
 	}
 	if got := ag.Allocated(); len(got) != 0 {
@@ -135,25 +139,25 @@ func TestPrivilegedAddCheckDel(t *testing.T) {
 }
 
 func TestPrivilegedMTUFromConfig(t *testing.T) {
-	needRoot(t)
+	cnitest.NeedRoot(t)
 	ag := agenttest.Start(t, agenttest.Pool("pool-a", "10.31.0.0/24"), agenttest.MTU(1410))
 	n := newNode(t)
-	p := n.newPod("default", "mtu")
-	n.add(rhizomeConf(t, ag, map[string]any{"mtu": 1280}), p)
+	p := n.NewPod("default", "mtu")
+	n.Add(rhizomeConf(t, ag, map[string]any{"mtu": 1280}), p)
 	if mtu, _, _ := podLink(t, p); mtu != 1280 {
 		t.Fatalf("pod MTU %d, want the config's 1280", mtu)
 	}
 }
 
 func TestPrivilegedDelAfterNamespaceDeleted(t *testing.T) {
-	needRoot(t)
+	cnitest.NeedRoot(t)
 	ag := agenttest.Start(t, agenttest.Pool("pool-a", "10.32.0.0/24"))
 	n := newNode(t)
 	conf := rhizomeConf(t, ag, nil)
-	p := n.newPod("default", "gone")
-	n.add(conf, p)
-	deleteNS(p.netns)
-	n.del(conf, p)
+	p := n.NewPod("default", "gone")
+	n.Add(conf, p)
+	cnitest.DeleteNS(p.NetNS)
+	n.Del(conf, p)
 	if got := ag.Allocated(); len(got) != 0 {
 		t.Fatalf("after DEL allocated: %v", got)
 	}
@@ -162,11 +166,11 @@ func TestPrivilegedDelAfterNamespaceDeleted(t *testing.T) {
 
 // waitNoLinks waits for the kernel to finish removing veths of deleted
 // namespaces (it does so asynchronously).
-func waitNoLinks(t testing.TB, n *node) {
+func waitNoLinks(t testing.TB, n *cnitest.Node) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		links, routes := n.hostState()
+		links, routes := n.HostState()
 		if len(links)+len(routes) == 0 {
 			return
 		}
@@ -178,16 +182,16 @@ func waitNoLinks(t testing.TB, n *node) {
 }
 
 func TestPrivilegedDelWhileAgentDown(t *testing.T) {
-	needRoot(t)
+	cnitest.NeedRoot(t)
 	ag := agenttest.Start(t, agenttest.Pool("pool-a", "10.33.0.0/24"))
 	n := newNode(t)
 	conf := rhizomeConf(t, ag, nil)
-	p := n.newPod("default", "down")
-	addr := podAddr(t, n.add(conf, p))
+	p := n.NewPod("default", "down")
+	addr := cnitest.PodAddr(t, n.Add(conf, p))
 
 	ag.Stop()
-	err := n.cni.DelNetworkList(context.Background(), conf, p.rt)
-	wantErrText(t, err, "rhizome-node is not reachable at "+ag.Socket+": is the rhizome-node pod running on this node?")
+	err := n.CNI.DelNetworkList(context.Background(), conf, p.RT)
+	cnitest.WantErrText(t, err, "rhizome-node is not reachable at "+ag.Socket+": is the rhizome-node pod running on this node?")
 	var te *types.Error
 	if !errors.As(err, &te) || te.Code != 11 {
 		t.Errorf("error %#v, want CNI code 11 (try again later)", err)
@@ -196,39 +200,39 @@ func TestPrivilegedDelWhileAgentDown(t *testing.T) {
 		t.Fatalf("%s released although the agent was down", addr)
 	}
 	ag.Start()
-	n.del(conf, p) // the runtime retries
+	n.Del(conf, p) // the runtime retries
 	if got := ag.Allocated(); len(got) != 0 {
 		t.Fatalf("after DEL allocated: %v", got)
 	}
 }
 
 func TestPrivilegedAgentNotReachable(t *testing.T) {
-	needRoot(t)
+	cnitest.NeedRoot(t)
 	n := newNode(t)
 	sock := filepath.Join(t.TempDir(), "nobody.sock")
-	conf := confList(t, "rz-net", map[string]any{"type": "rhizome-cni", "socket": sock})
-	p := n.newPod("default", "lonely")
-	_, err := n.cni.AddNetworkList(context.Background(), conf, p.rt)
-	wantErrText(t, err, "rhizome-node is not reachable at "+sock+": is the rhizome-node pod running on this node?")
-	err = n.cni.GetStatusNetworkList(context.Background(), conf)
-	wantErrText(t, err, "rhizome-node is not reachable")
+	conf := cnitest.ConfList(t, "rz-net", map[string]any{"type": "rhizome-cni", "socket": sock})
+	p := n.NewPod("default", "lonely")
+	_, err := n.CNI.AddNetworkList(context.Background(), conf, p.RT)
+	cnitest.WantErrText(t, err, "rhizome-node is not reachable at "+sock+": is the rhizome-node pod running on this node?")
+	err = n.CNI.GetStatusNetworkList(context.Background(), conf)
+	cnitest.WantErrText(t, err, "rhizome-node is not reachable")
 	var te *types.Error
 	if !errors.As(err, &te) || te.Code != 50 {
 		t.Errorf("STATUS error %#v, want CNI code 50", err)
 	}
-	if links, _ := n.hostState(); len(links) != 0 {
+	if links, _ := n.HostState(); len(links) != 0 {
 		t.Fatalf("failed ADD left links %v", links)
 	}
 }
 
 func TestPrivilegedBadAnnotation(t *testing.T) {
-	needRoot(t)
+	cnitest.NeedRoot(t)
 	ag := agenttest.Start(t, agenttest.Pool("pool-a", "10.34.0.0/24"))
 	ag.Pods.SetPod("default", "bad", map[string]string{cnisvc.AnnotationIPv4Pools: `[pool-a]`})
 	n := newNode(t)
-	p := n.newPod("default", "bad")
-	_, err := n.cni.AddNetworkList(context.Background(), rhizomeConf(t, ag, nil), p.rt)
-	wantErrText(t, err, "pod default/bad", "annotation rhizome.io/ipv4-pools on the pod", "invalid character")
+	p := n.NewPod("default", "bad")
+	_, err := n.CNI.AddNetworkList(context.Background(), rhizomeConf(t, ag, nil), p.RT)
+	cnitest.WantErrText(t, err, "pod default/bad", "annotation rhizome.io/ipv4-pools on the pod", "invalid character")
 	var te *types.Error
 	if !errors.As(err, &te) || te.Code != 101 {
 		t.Errorf("error %#v, want code 101", err)
@@ -236,17 +240,17 @@ func TestPrivilegedBadAnnotation(t *testing.T) {
 }
 
 func TestPrivilegedStatusAndGC(t *testing.T) {
-	needRoot(t)
+	cnitest.NeedRoot(t)
 	ag := agenttest.Start(t, agenttest.Pool("pool-a", "10.35.0.0/24"))
 	n := newNode(t)
 	conf := rhizomeConf(t, ag, nil)
-	if err := n.cni.GetStatusNetworkList(context.Background(), conf); err != nil {
+	if err := n.CNI.GetStatusNetworkList(context.Background(), conf); err != nil {
 		t.Fatalf("STATUS: %v", err)
 	}
-	keep, leak := n.newPod("default", "keep"), n.newPod("default", "leak")
-	keepAddr := podAddr(t, n.add(conf, keep))
-	n.add(conf, leak)
-	err := n.cni.GCNetworkList(context.Background(), conf, &libcni.GCArgs{ValidAttachments: []types.GCAttachment{{ContainerID: keep.rt.ContainerID, IfName: "eth0"}}})
+	keep, leak := n.NewPod("default", "keep"), n.NewPod("default", "leak")
+	keepAddr := cnitest.PodAddr(t, n.Add(conf, keep))
+	n.Add(conf, leak)
+	err := n.CNI.GCNetworkList(context.Background(), conf, &libcni.GCArgs{ValidAttachments: []types.GCAttachment{{ContainerID: keep.RT.ContainerID, IfName: "eth0"}}})
 	if err != nil {
 		t.Fatalf("GC: %v", err)
 	}
@@ -257,57 +261,57 @@ func TestPrivilegedStatusAndGC(t *testing.T) {
 }
 
 func TestPrivilegedPing(t *testing.T) {
-	needRoot(t)
+	cnitest.NeedRoot(t)
 	ag := agenttest.Start(t, agenttest.Pool("pool-a", "10.36.0.0/24"))
 	n := newNode(t)
 	conf := rhizomeConf(t, ag, nil)
-	a, b := n.newPod("default", "a"), n.newPod("default", "b")
-	addrA, addrB := podAddr(t, n.add(conf, a)), podAddr(t, n.add(conf, b))
+	a, b := n.NewPod("default", "a"), n.NewPod("default", "b")
+	addrA, addrB := cnitest.PodAddr(t, n.Add(conf, a)), cnitest.PodAddr(t, n.Add(conf, b))
 	// The host's own address, on its loopback (TEST-NET-1, inside the
 	// test's namespace only).
 	hostAddr := netip.MustParseAddr("192.0.2.1")
-	n.inHost(func() error {
+	n.InHost(func() error {
 		lo, err := netlinksafe.LinkByName("lo")
 		if err != nil {
 			return err
 		}
-		return netlink.AddrAdd(lo, &netlink.Addr{IPNet: hostNetOf(hostAddr)})
+		return netlink.AddrAdd(lo, &netlink.Addr{IPNet: cnitest.HostNet(hostAddr)})
 	})
 	for _, tc := range []struct {
 		name string
 		from ns.NetNS
 		to   netip.Addr
 	}{
-		{"pod a to host", a.netns, hostAddr},
-		{"host to pod a", n.host, addrA},
-		{"pod a to pod b", a.netns, addrB},
-		{"pod b to pod a", b.netns, addrA},
+		{"pod a to host", a.NetNS, hostAddr},
+		{"host to pod a", n.Host, addrA},
+		{"pod a to pod b", a.NetNS, addrB},
+		{"pod b to pod a", b.NetNS, addrA},
 	} {
-		if err := ping(tc.from, tc.to, 3*time.Second); err != nil {
+		if err := cnitest.Ping(tc.from, tc.to, 3*time.Second); err != nil {
 			t.Errorf("%s: %v", tc.name, err)
 		}
 	}
 	// An address no pod holds does not answer: the replies above came
 	// through the pods' wiring.
-	if err := ping(a.netns, netip.MustParseAddr("10.36.0.250"), 500*time.Millisecond); err == nil {
+	if err := cnitest.Ping(a.NetNS, netip.MustParseAddr("10.36.0.250"), 500*time.Millisecond); err == nil {
 		t.Errorf("ping to an address no pod holds was answered")
 	}
 }
 
 func TestPrivileged200PodsLeaveNothing(t *testing.T) {
-	needRoot(t)
+	cnitest.NeedRoot(t)
 	ag := agenttest.Start(t, agenttest.Pool("pool-a", "10.37.0.0/22"))
 	n := newNode(t)
 	conf := rhizomeConf(t, ag, nil)
 	seen := map[netip.Addr]bool{}
 	for i := range 200 {
-		p := n.newPod("load", fmt.Sprintf("pod-%d", i))
-		seen[podAddr(t, n.add(conf, p))] = true
+		p := n.NewPod("load", fmt.Sprintf("pod-%d", i))
+		seen[cnitest.PodAddr(t, n.Add(conf, p))] = true
 		if i%3 == 0 {
-			deleteNS(p.netns) // some pods lose their namespace first
+			cnitest.DeleteNS(p.NetNS) // some pods lose their namespace first
 		}
-		n.del(conf, p)
-		deleteNS(p.netns)
+		n.Del(conf, p)
+		cnitest.DeleteNS(p.NetNS)
 	}
 	if got := ag.Allocated(); len(got) != 0 {
 		t.Fatalf("after 200 ADD/DEL: %d addresses allocated: %v", len(got), got)
@@ -315,5 +319,99 @@ func TestPrivileged200PodsLeaveNothing(t *testing.T) {
 	waitNoLinks(t, n)
 	if len(seen) < 2 {
 		t.Fatalf("200 pods used %d distinct addresses", len(seen))
+	}
+}
+
+func TestPrivilegedFailedAddReleasesAddress(t *testing.T) {
+	cnitest.NeedRoot(t)
+	ag := agenttest.Start(t, agenttest.Pool("pool-a", "10.38.0.0/24"))
+	n := newNode(t)
+	conf := rhizomeConf(t, ag, nil)
+	// The namespace is checked after the agent assigned the address: a
+	// path that is not a namespace, and one that does not exist.
+	notNS := filepath.Join(t.TempDir(), "not-a-netns")
+	if err := os.WriteFile(notNS, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i, path := range []string{notNS, "/var/run/netns/rhizome-test-does-not-exist"} {
+		p := n.NewPod("default", fmt.Sprintf("broken-%d", i))
+		p.RT.NetNS = path
+		_, err := n.CNI.AddNetworkList(context.Background(), conf, p.RT)
+		cnitest.WantErrText(t, err, fmt.Sprintf("rhizome-cni: pod default/broken-%d", i), "open network namespace "+path)
+		var te *types.Error
+		if !errors.As(err, &te) || te.Code != 102 {
+			t.Errorf("error %#v, want code 102", err)
+		}
+	}
+	if got := ag.Allocated(); len(got) != 0 {
+		t.Fatalf("failed ADDs left addresses allocated: %v", got)
+	}
+	// A claimed block shows the agent did allocate before the failure, so
+	// the release above was the plugin's undo.
+	if kvs, _, err := ag.Store.List(context.Background(), ipam.BlockPrefix); err != nil || len(kvs) == 0 {
+		t.Fatalf("no block claimed (%v): the ADDs failed before allocating", err)
+	}
+	if links, routes := n.HostState(); len(links)+len(routes) != 0 {
+		t.Fatalf("failed ADDs left host links %v, routes %v", links, routes)
+	}
+}
+
+func TestPrivilegedDualStack(t *testing.T) {
+	cnitest.NeedRoot(t)
+	ag := agenttest.Start(t, agenttest.Pool("v4", "10.39.0.0/24"), agenttest.Pool("v6", "fd00:39::/120"))
+	n := newNode(t)
+	conf := rhizomeConf(t, ag, map[string]any{"assignIPv6": true})
+	p := n.NewPod("default", "dual")
+	res := n.Add(conf, p)
+	if len(res.IPs) != 2 || res.IPs[1].Address.String()[:9] != "fd00:39::" || !strings.HasSuffix(res.IPs[1].Address.String(), "/128") ||
+		res.IPs[1].Gateway.String() != "fe80::1" || len(res.Routes) != 2 {
+		t.Fatalf("dual-stack result %v", res)
+	}
+	if err := n.CNI.CheckNetworkList(context.Background(), conf, p.RT); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	n.Del(conf, p)
+	if links, routes := n.HostState(); len(links)+len(routes) != 0 || len(ag.Allocated()) != 0 {
+		t.Fatalf("after DEL: links %v routes %v allocated %v", links, routes, ag.Allocated())
+	}
+}
+
+// A pod's new sandbox reuses the host veth name; a late DEL of the old
+// sandbox (whose namespace is gone) must not remove the new one's veth.
+func TestPrivilegedLateDelOfOldSandbox(t *testing.T) {
+	cnitest.NeedRoot(t)
+	ag := agenttest.Start(t, agenttest.Pool("pool-a", "10.43.0.0/24"))
+	n := newNode(t)
+	conf := rhizomeConf(t, ag, nil)
+	old := n.NewPod("default", "restarted")
+	oldAddr := cnitest.PodAddr(t, n.Add(conf, old))
+	cnitest.DeleteNS(old.NetNS)
+
+	fresh := n.NewPod("default", "restarted")
+	fresh.RT.ContainerID = "ctr-restarted-2"
+	freshAddr := cnitest.PodAddr(t, n.Add(conf, fresh))
+	n.Del(conf, old)
+	if err := n.CNI.CheckNetworkList(context.Background(), conf, fresh.RT); err != nil {
+		t.Fatalf("CHECK of the new sandbox after the old one's DEL: %v", err)
+	}
+	got := ag.Allocated()
+	if _, held := got[oldAddr]; held || got[freshAddr] == "" || len(got) != 1 {
+		t.Fatalf("allocated %v: want only the new sandbox's %s", got, freshAddr)
+	}
+}
+
+func TestPrivilegedStatusWithoutPools(t *testing.T) {
+	cnitest.NeedRoot(t)
+	ag := agenttest.Start(t)
+	n := newNode(t)
+	info, err := n.CNI.GetVersionInfo(context.Background(), "rhizome-cni")
+	if err != nil || !slices.Contains(info.SupportedVersions(), "1.1.0") {
+		t.Fatalf("VERSION: %v, %v: want 1.1.0 among the supported versions", info, err)
+	}
+	err = n.CNI.GetStatusNetworkList(context.Background(), rhizomeConf(t, ag, nil))
+	cnitest.WantErrText(t, err, "rhizome-node cannot allocate addresses: there are no enabled IP pools")
+	var te *types.Error
+	if !errors.As(err, &te) || te.Code != 50 {
+		t.Errorf("STATUS error %#v, want CNI code 50", err)
 	}
 }

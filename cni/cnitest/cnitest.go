@@ -1,4 +1,8 @@
-package cni_test
+// Package cnitest drives CNI plugins the way a container runtime does, for
+// rhizome's tests and benchmarks: libcni executes the real plugin binaries
+// inside a host network namespace the test owns, against pod namespaces the
+// test owns, so nothing touches the machine's own network.
+package cnitest
 
 import (
 	"context"
@@ -27,52 +31,38 @@ import (
 	"github.com/rhizome-net/rhizome/api"
 )
 
-// pluginDir holds rhizome-cni and rhizome-ipam, built once by TestMain.
-var pluginDir string
-
-func TestMain(m *testing.M) {
-	code := func() int {
-		if os.Geteuid() == 0 {
-			dir, err := os.MkdirTemp("", "rhizome-cni-bin")
-			if err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				return 1
-			}
-			defer os.RemoveAll(dir)
-			for _, b := range []string{"rhizome-cni", "rhizome-ipam"} {
-				cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b), "../cmd/"+b)
-				cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-				if out, err := cmd.CombinedOutput(); err != nil {
-					fmt.Fprintf(os.Stderr, "build %s: %v\n%s", b, err, out)
-					return 1
-				}
-			}
-			pluginDir = dir
-		}
-		return m.Run()
-	}()
-	os.Exit(code)
-}
-
-func needRoot(t testing.TB) {
-	t.Helper()
+// NeedRoot skips tb unless it runs as root.
+func NeedRoot(tb testing.TB) {
+	tb.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces and veth pairs")
+		tb.Skip("needs root: creates network namespaces and veth pairs")
 	}
 }
 
-// newNS makes a network namespace that is deleted when the test ends.
-func newNS(t testing.TB) ns.NetNS {
+// BuildPlugins builds rhizome-cni and rhizome-ipam into dir.
+func BuildPlugins(dir string) error {
+	for _, b := range []string{"rhizome-cni", "rhizome-ipam"} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b), "github.com/rhizome-net/rhizome/cmd/"+b)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build %s: %w\n%s", b, err, out)
+		}
+	}
+	return nil
+}
+
+// NewNS makes a network namespace that is deleted when the test ends.
+func NewNS(t testing.TB) ns.NetNS {
 	t.Helper()
 	n, err := testutils.NewNS()
 	if err != nil {
 		t.Fatalf("new netns: %v", err)
 	}
-	t.Cleanup(func() { deleteNS(n) })
+	t.Cleanup(func() { DeleteNS(n) })
 	return n
 }
 
-func deleteNS(n ns.NetNS) {
+func DeleteNS(n ns.NetNS) {
 	n.Close()
 	_ = testutils.UnmountNS(n)
 }
@@ -103,20 +93,20 @@ func (e *nsExec) FindInPath(plugin string, paths []string) (string, error) {
 	return invoke.FindInPath(plugin, paths)
 }
 
-// node is a host namespace with a libcni runtime that runs plugins in it.
-type node struct {
+// Node is a host namespace with a libcni runtime that runs plugins in it.
+type Node struct {
 	t    testing.TB
-	host ns.NetNS
-	cni  *libcni.CNIConfig
+	Host ns.NetNS
+	CNI  *libcni.CNIConfig
 }
 
-func newNode(t testing.TB, paths ...string) *node {
+func NewNode(t testing.TB, paths ...string) *Node {
 	t.Helper()
-	host := newNS(t)
+	host := NewNS(t)
 	ex := &nsExec{host: host, raw: invoke.RawExec{Stderr: os.Stderr}}
-	paths = append([]string{pluginDir}, paths...)
-	n := &node{t: t, host: host, cni: libcni.NewCNIConfigWithCacheDir(paths, t.TempDir(), ex)}
-	n.inHost(func() error {
+
+	n := &Node{t: t, Host: host, CNI: libcni.NewCNIConfigWithCacheDir(paths, t.TempDir(), ex)}
+	n.InHost(func() error {
 		lo, err := netlinksafe.LinkByName("lo")
 		if err != nil {
 			return err
@@ -126,14 +116,14 @@ func newNode(t testing.TB, paths ...string) *node {
 	return n
 }
 
-func (n *node) inHost(f func() error) {
+func (n *Node) InHost(f func() error) {
 	n.t.Helper()
-	if err := n.host.Do(func(ns.NetNS) error { return f() }); err != nil {
+	if err := n.Host.Do(func(ns.NetNS) error { return f() }); err != nil {
 		n.t.Fatal(err)
 	}
 }
 
-func confList(t testing.TB, name string, plugins ...map[string]any) *libcni.NetworkConfigList {
+func ConfList(t testing.TB, name string, plugins ...map[string]any) *libcni.NetworkConfigList {
 	t.Helper()
 	b, err := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": name, "plugins": plugins})
 	if err != nil {
@@ -146,18 +136,18 @@ func confList(t testing.TB, name string, plugins ...map[string]any) *libcni.Netw
 	return l
 }
 
-// pod is one sandbox: its namespace and runtime configuration.
-type pod struct {
-	netns ns.NetNS
-	rt    *libcni.RuntimeConf
+// Pod is one sandbox: its namespace and runtime configuration.
+type Pod struct {
+	NetNS ns.NetNS
+	RT    *libcni.RuntimeConf
 }
 
-func (n *node) newPod(k8sNS, name string) *pod {
+func (n *Node) NewPod(k8sNS, name string) *Pod {
 	n.t.Helper()
-	p := &pod{netns: newNS(n.t)}
-	p.rt = &libcni.RuntimeConf{
+	p := &Pod{NetNS: NewNS(n.t)}
+	p.RT = &libcni.RuntimeConf{
 		ContainerID: "ctr-" + name,
-		NetNS:       p.netns.Path(),
+		NetNS:       p.NetNS.Path(),
 		IfName:      "eth0",
 		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", k8sNS}, {"K8S_POD_NAME", name},
 			{"K8S_POD_INFRA_CONTAINER_ID", "ctr-" + name}, {"K8S_POD_UID", "uid-" + name}},
@@ -165,11 +155,11 @@ func (n *node) newPod(k8sNS, name string) *pod {
 	return p
 }
 
-func (n *node) add(l *libcni.NetworkConfigList, p *pod) *types100.Result {
+func (n *Node) Add(l *libcni.NetworkConfigList, p *Pod) *types100.Result {
 	n.t.Helper()
-	r, err := n.cni.AddNetworkList(context.Background(), l, p.rt)
+	r, err := n.CNI.AddNetworkList(context.Background(), l, p.RT)
 	if err != nil {
-		n.t.Fatalf("ADD %s: %v", p.rt.ContainerID, err)
+		n.t.Fatalf("ADD %s: %v", p.RT.ContainerID, err)
 	}
 	res, err := types100.NewResultFromResult(r)
 	if err != nil {
@@ -178,14 +168,14 @@ func (n *node) add(l *libcni.NetworkConfigList, p *pod) *types100.Result {
 	return res
 }
 
-func (n *node) del(l *libcni.NetworkConfigList, p *pod) {
+func (n *Node) Del(l *libcni.NetworkConfigList, p *Pod) {
 	n.t.Helper()
-	if err := n.cni.DelNetworkList(context.Background(), l, p.rt); err != nil {
-		n.t.Fatalf("DEL %s: %v", p.rt.ContainerID, err)
+	if err := n.CNI.DelNetworkList(context.Background(), l, p.RT); err != nil {
+		n.t.Fatalf("DEL %s: %v", p.RT.ContainerID, err)
 	}
 }
 
-func podAddr(t testing.TB, r *types100.Result) netip.Addr {
+func PodAddr(t testing.TB, r *types100.Result) netip.Addr {
 	t.Helper()
 	if len(r.IPs) == 0 {
 		t.Fatalf("result has no address: %v", r)
@@ -194,10 +184,10 @@ func podAddr(t testing.TB, r *types100.Result) netip.Addr {
 	return a.Unmap()
 }
 
-// hostState lists the host namespace's links (but lo) and rhizome routes.
-func (n *node) hostState() (links []string, routes []string) {
+// HostState lists the host namespace's links (but lo) and rhizome routes.
+func (n *Node) HostState() (links []string, routes []string) {
 	n.t.Helper()
-	n.inHost(func() error {
+	n.InHost(func() error {
 		ls, err := netlinksafe.LinkList()
 		if err != nil {
 			return err
@@ -219,9 +209,9 @@ func (n *node) hostState() (links []string, routes []string) {
 	return links, routes
 }
 
-// ping sends ICMP echo requests from inside from to dst until one is
+// Ping sends ICMP echo requests from inside from to dst until one is
 // answered or timeout passes.
-func ping(from ns.NetNS, dst netip.Addr, timeout time.Duration) error {
+func Ping(from ns.NetNS, dst netip.Addr, timeout time.Duration) error {
 	var conn *icmp.PacketConn
 	if err := from.Do(func(ns.NetNS) error {
 		var err error
@@ -258,7 +248,7 @@ func ping(from ns.NetNS, dst netip.Addr, timeout time.Duration) error {
 	return fmt.Errorf("no echo reply from %s within %s", dst, timeout)
 }
 
-func wantErrText(t testing.TB, err error, parts ...string) {
+func WantErrText(t testing.TB, err error, parts ...string) {
 	t.Helper()
 	if err == nil {
 		t.Fatalf("no error, want one mentioning %q", parts)
@@ -270,6 +260,44 @@ func wantErrText(t testing.TB, err error, parts ...string) {
 	}
 }
 
-func hostNetOf(a netip.Addr) *net.IPNet {
+func HostNet(a netip.Addr) *net.IPNet {
 	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
+}
+
+// ReferenceVersion is the containernetworking/plugins release whose
+// reference plugins (bridge, ptp, host-local) the tests and the benchmark
+// run next to rhizome's.
+const ReferenceVersion = "v1.9.1"
+
+// ReferencePlugins builds the named reference plugins once into
+// .cache/cni-plugins-<version>/ at the repository root and returns the
+// directory.
+func ReferencePlugins(t testing.TB, names ...string) string {
+	t.Helper()
+	gomod, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil || strings.TrimSpace(string(gomod)) == "" {
+		t.Fatalf("find the module root (go env GOMOD): %v", err)
+	}
+	dir := filepath.Join(filepath.Dir(strings.TrimSpace(string(gomod))), ".cache", "cni-plugins-"+ReferenceVersion)
+	for _, name := range names {
+		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			continue
+		}
+		t.Logf("building reference plugin %s %s into %s", name, ReferenceVersion, dir)
+		cmd := exec.Command("go", "install", "github.com/containernetworking/plugins/plugins/"+kindOf(name)+"/"+name+"@"+ReferenceVersion)
+		cmd.Dir = os.TempDir() // outside this module: the plugins' own go.mod applies
+		cmd.Env = append(os.Environ(), "GOBIN="+dir, "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build reference plugin %s: %v\n%s", name, err, out)
+		}
+	}
+	return dir
+}
+
+func kindOf(name string) string {
+	switch name {
+	case "host-local", "static", "dhcp":
+		return "ipam"
+	}
+	return "main"
 }
