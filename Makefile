@@ -6,7 +6,7 @@ SHELL       := /bin/bash
 GO          ?= go
 CACHE       := $(CURDIR)/.cache
 BIN         := $(CURDIR)/bin
-BINARIES    := rhizomectl rhizome-cni rhizome-ipam
+BINARIES    := rhizome-node rhizome-cni rhizome-ipam rhizomectl
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(CACHE)/staticcheck-$(STATICCHECK_VERSION)/staticcheck
 # -race needs cgo; everything else builds static.
@@ -115,3 +115,11 @@ bench-cni:
 
 clean:
 	rm -rf $(BIN)
+
+## lab, lab-up, lab-down: the multi-node lab of issue 7 (the seed 000 cluster in network namespaces).
+## Not built yet: the agent's BGP and dataplane wiring it needs come first. Until then the pieces
+## run on their own: make test (agent + CNI + IPAM end to end, BGP sessions, dataplane in namespaces).
+lab lab-up lab-down:
+	@echo "make $@: the lab (issue 7) is not built yet: rhizome-node does not run BGP and the dataplane yet." >&2
+	@echo "What runs today: make test (agent, CNI, IPAM, BGP and dataplane each against real parts)." >&2
+	@exit 2
