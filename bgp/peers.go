@@ -66,6 +66,10 @@ type Peer struct {
 	// a route reflector with ClusterID.
 	RouteReflectorClient bool   `json:"rrClient,omitempty"`
 	ClusterID            string `json:"clusterID,omitempty"`
+	// OwnRoutesOnly accepts from this peer only the routes it originates
+	// (next hop = its address). It is set between route reflectors that
+	// share a cluster ID, which must not accept each other's reflections.
+	OwnRoutesOnly bool `json:"ownRoutesOnly,omitempty"`
 	// EBGP is true when AS and LocalAS differ; Multihop when such a peer is
 	// not on one of this node's subnets (TTL MultihopTTL).
 	EBGP     bool `json:"ebgp,omitempty"`
@@ -439,9 +443,14 @@ func (b *peerBuilder) addNode(n *nodeInfo, v6 bool, typ PeerType, bp *api.BGPPee
 		GracefulRestartSeconds: b.self.bgp.GracefulRestartSeconds,
 		SourceAddress:          local.Addr(),
 	}
-	if typ != TypeMesh && b.self.clusterID != "" && n.clusterID == "" {
-		p.RouteReflectorClient = true
-		p.ClusterID = b.self.clusterID
+	if typ != TypeMesh && b.self.clusterID != "" {
+		switch n.clusterID {
+		case "":
+			p.RouteReflectorClient = true
+			p.ClusterID = b.self.clusterID
+		case b.self.clusterID:
+			p.OwnRoutesOnly = true
+		}
 	}
 	p.EBGP = p.AS != p.LocalAS
 	p.Multihop = p.EBGP && !local.Masked().Contains(remote.Addr())

@@ -58,7 +58,8 @@ type row struct {
 	addr string
 	typ  PeerType
 	as   uint32
-	// flags: P passive, C route reflector client, E eBGP, M multihop, W password
+	// flags: P passive, C route reflector client, E eBGP, M multihop, W password,
+	// O own routes only
 	flags string
 }
 
@@ -67,7 +68,7 @@ func rowOf(p Peer) row {
 	for _, b := range []struct {
 		on bool
 		c  byte
-	}{{p.Passive, 'P'}, {p.RouteReflectorClient, 'C'}, {p.EBGP, 'E'}, {p.Multihop, 'M'}, {p.Password != "", 'W'}} {
+	}{{p.Passive, 'P'}, {p.RouteReflectorClient, 'C'}, {p.EBGP, 'E'}, {p.Multihop, 'M'}, {p.Password != "", 'W'}, {p.OwnRoutesOnly, 'O'}} {
 		if b.on {
 			f.WriteByte(b.c)
 		}
@@ -151,9 +152,9 @@ func TestPeers(t *testing.T) {
 		name: "two route reflectors sharing a cluster ID",
 		topo: Topology{Nodes: racks(map[string][]string{"rke-node1": {"rr=244.0.0.1"}, "rke-node4": {"rr=244.0.0.1"}}), Configs: []api.BGPConfiguration{meshOff(0)}},
 		want: map[string][]row{
-			"rke-node1": {{"10.0.0.2", TypeRRClient, 64512, "C"}, {"10.0.0.3", TypeRRClient, 64512, "C"}, {"10.0.0.4", TypeRR, 64512, ""}},
+			"rke-node1": {{"10.0.0.2", TypeRRClient, 64512, "C"}, {"10.0.0.3", TypeRRClient, 64512, "C"}, {"10.0.0.4", TypeRR, 64512, "O"}},
 			"rke-node2": {{"10.0.0.1", TypeRR, 64512, "P"}, {"10.0.0.4", TypeRR, 64512, ""}},
-			"rke-node4": {{"10.0.0.1", TypeRR, 64512, "P"}, {"10.0.0.2", TypeRRClient, 64512, "PC"}, {"10.0.0.3", TypeRRClient, 64512, "PC"}},
+			"rke-node4": {{"10.0.0.1", TypeRR, 64512, "PO"}, {"10.0.0.2", TypeRRClient, 64512, "PC"}, {"10.0.0.3", TypeRRClient, 64512, "PC"}},
 		},
 		clients: 5, // 2 clients x 2 reflectors + 1 reflector pair
 	}, {
