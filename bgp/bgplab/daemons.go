@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -148,18 +150,37 @@ type FRR struct {
 	out  *bytes.Buffer
 }
 
-// StartFRR writes conf and starts bgpd -Z (no zebra) in nd's namespace, as
-// root, with its vty socket in a private directory and no vty TCP port.
+// StartFRR writes conf and starts bgpd -Z (no zebra) in nd's namespace,
+// with its vty socket in a directory of its own and no vty TCP port. bgpd
+// drops privileges to the frr user, so the directory belongs to frr.
 func StartFRR(t testing.TB, nd *Node, conf string) *FRR {
 	t.Helper()
 	NeedDaemons(t, BgpdBin, VtyshBin)
-	dir := t.TempDir()
+	u, err := user.Lookup("frr")
+	if err != nil {
+		t.Fatalf("FRR runs as the user frr, which the frr package creates: %v", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	dir, err := os.MkdirTemp("", "rhizome-frr-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
 	cfg := filepath.Join(dir, "bgpd.conf")
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	for _, p := range []string{dir, cfg} {
+		if err := os.Chown(p, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	f := &FRR{Node: nd, dir: dir, out: &bytes.Buffer{}}
-	cmd := nd.Command(BgpdBin, "-Z", "-u", "root", "-g", "root", "-f", cfg, "-i", filepath.Join(dir, "bgpd.pid"),
+	cmd := nd.Command(BgpdBin, "-Z", "-f", cfg, "-i", filepath.Join(dir, "bgpd.pid"),
 		"--vty_socket", dir, "-P", "0", "-l", nd.Addr.Addr().String())
 	cmd.Stdout, cmd.Stderr = f.out, f.out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
