@@ -50,6 +50,7 @@ var peerErrors = map[string]bool{
 	"hold timer expired":              true,
 	"Peer Down":                       true,
 	"failed to resolve local address": true,
+	"failed to set md5":               true,
 }
 
 func (l *gobgpLogger) record(msg string, fields gobgplog.Fields) {
