@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/rhizome-net/rhizome/api"
 	"github.com/rhizome-net/rhizome/bgp"
 )
 
@@ -132,7 +133,22 @@ rhizome_bgp_prefixes_advertised{peer="127.0.0.2",type="node-to-node mesh"} 3
 		t.Error("withdrawing one prefix withdrew the block too")
 	}
 
-	// B goes away with a Cease: A counts a flap.
+	// Next hop mode Self towards B: the third-party next hop of a path
+	// becomes A's address (iBGP keeps it otherwise).
+	other := netip.MustParsePrefix("10.250.0.0/24")
+	if err := spA.SetAdvertisements(ctx, []bgp.Advertisement{{Prefix: blk, NextHop: a}, {Prefix: other, NextHop: netip.MustParseAddr("127.0.0.9")}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "B sees the third-party next hop", func() bool { r, ok := logB.get(other); return ok && r.NextHop.String() == "127.0.0.9" })
+	self := peer(b, a, false)
+	self.NextHopMode = api.NextHopSelf
+	if err := spA.SetPeers(ctx, []bgp.Peer{self}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "B sees next hop self", func() bool { r, ok := logB.get(other); return ok && r.NextHop == a })
+
+	// B goes away with a Cease: A counts a flap (the second: changing the
+	// next hop mode re-created the session).
 	if err := spB.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +159,7 @@ rhizome_bgp_prefixes_advertised{peer="127.0.0.2",type="node-to-node mesh"} 3
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
 # HELP rhizome_bgp_session_flaps_total Times an established BGP session went down.
 # TYPE rhizome_bgp_session_flaps_total counter
-rhizome_bgp_session_flaps_total{peer="127.0.0.2"} 1
+rhizome_bgp_session_flaps_total{peer="127.0.0.2"} 2
 `), "rhizome_bgp_session_flaps_total"); err != nil {
 		t.Error(err)
 	}

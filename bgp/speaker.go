@@ -90,11 +90,11 @@ type Speaker struct {
 	errs    *lastErrors
 	metrics *metrics
 
-	mu      sync.Mutex // serialises SetPeers, SetAdvertisements and Stop
-	peers   map[netip.Addr]Peer
-	adverts map[netip.Prefix]advert
-	ownOnly []netip.Addr // peers we accept only their own routes from
-	stopped bool
+	mu       sync.Mutex // serialises SetPeers, SetAdvertisements and Stop
+	peers    map[netip.Addr]Peer
+	adverts  map[netip.Prefix]advert
+	policies map[string]managedPolicy
+	stopped  bool
 
 	stateMu sync.Mutex
 	states  map[netip.Addr]peerState // from peer events
@@ -131,12 +131,13 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (*Speaker, error) {
 		cfg.ConnectRetry = 3 * time.Second
 	}
 	s := &Speaker{
-		cfg:     cfg,
-		log:     slog.Default(),
-		peers:   make(map[netip.Addr]Peer),
-		adverts: make(map[netip.Prefix]advert),
-		states:  make(map[netip.Addr]peerState),
-		errs:    &lastErrors{m: make(map[string]string)},
+		cfg:      cfg,
+		log:      slog.Default(),
+		peers:    make(map[netip.Addr]Peer),
+		adverts:  make(map[netip.Prefix]advert),
+		states:   make(map[netip.Addr]peerState),
+		policies: make(map[string]managedPolicy),
+		errs:     &lastErrors{m: make(map[string]string)},
 	}
 	for _, o := range opts {
 		o(s)
@@ -215,14 +216,7 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []Peer) error {
 		}
 		want[p.Address] = p
 	}
-	var ownOnly []netip.Addr
-	for _, p := range want {
-		if p.OwnRoutesOnly {
-			ownOnly = append(ownOnly, p.Address)
-		}
-	}
-	// Before the sessions: the policy applies to routes as they arrive.
-	if err := s.setImportPolicy(ctx, ownOnly); err != nil {
+	if err := s.setPolicies(ctx, want); err != nil {
 		return fmt.Errorf("set BGP peers: %w", err)
 	}
 	var errs []error
