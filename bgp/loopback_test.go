@@ -124,6 +124,18 @@ rhizome_bgp_prefixes_advertised{peer="127.0.0.2",type="node-to-node mesh"} 3
 		t.Errorf("rhizome_bgp_peers{state=Established} = %v, want 1", n)
 	}
 
+	// A peer whose labels change (mesh to a BGPPeer's node-specific session
+	// with the same settings) keeps its session.
+	relabel := peer(b, a, false)
+	relabel.Type, relabel.BGPPeer = bgp.TypeNode, "tor"
+	if err := spA.SetPeers(ctx, []bgp.Peer{relabel}); err != nil {
+		t.Fatal(err)
+	}
+	st2, _ := spA.Status(ctx)
+	if len(st2) != 1 || st2[0].Type != bgp.TypeNode || st2[0].State != bgp.StateEstablished || !st2[0].Since.Equal(st[0].Since) {
+		t.Errorf("after relabelling the peer: %+v, want the same session (since %v) shown as node specific", st2, st[0].Since)
+	}
+
 	// Withdraw the host route; change nothing else.
 	if err := spA.SetAdvertisements(ctx, []bgp.Advertisement{{Prefix: blk, NextHop: a}, {Prefix: v6, NextHop: netip.MustParseAddr("fd00::1")}}); err != nil {
 		t.Fatal(err)

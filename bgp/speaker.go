@@ -221,7 +221,8 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []Peer) error {
 	}
 	var errs []error
 	for addr, have := range s.peers {
-		if w, ok := want[addr]; ok && w == have {
+		if w, ok := want[addr]; ok && sameSession(w, have) {
+			s.peers[addr] = w // labels (type, node, BGPPeer) may have changed
 			continue
 		}
 		if err := s.bgp.DeletePeer(ctx, &apipb.DeletePeerRequest{Address: addr.String()}); err != nil {
@@ -244,6 +245,15 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []Peer) error {
 		s.log.Info("BGP peer added", "peer", addr, "as", p.AS, "type", p.Type, "passive", p.Passive)
 	}
 	return errors.Join(errs...)
+}
+
+// sameSession says whether a and b configure GoBGP alike, so that going
+// from one to the other needs no change to the session.
+func sameSession(a, b Peer) bool {
+	for _, p := range []*Peer{&a, &b} {
+		p.Type, p.Node, p.BGPPeer, p.PasswordSource = "", "", "", ""
+	}
+	return a == b
 }
 
 // apiPeer translates a Peer into GoBGP's configuration.
