@@ -2,8 +2,10 @@ package bgp_test
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -17,7 +19,7 @@ import (
 )
 
 // freePort returns a TCP port free on 127.0.0.1 at the time of asking.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -25,6 +27,13 @@ func freePort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+func freePortB(b *testing.B) int { return freePort(b) }
+
+// quietLogger drops the speakers' info logs (benchmarks run hundreds).
+func quietLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn + 1}))
 }
 
 // routeLog collects route events as a speaker's owner would.

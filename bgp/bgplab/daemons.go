@@ -114,8 +114,23 @@ func StartBird(t testing.TB, nd *Node, conf string) *Bird {
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	b := &Bird{Node: nd, Sock: filepath.Join(dir, "bird.ctl"), out: &bytes.Buffer{}}
-	cmd := nd.Command(BirdBin, "-f", "-c", cfg, "-s", b.Sock, "-P", filepath.Join(dir, "bird.pid"))
+	sock := filepath.Join(dir, "bird.ctl")
+	b := startBird(t, nd.Command(BirdBin, "-f", "-c", cfg, "-s", sock, "-P", filepath.Join(dir, "bird.pid")), sock)
+	b.Node = nd
+	return b
+}
+
+// StartBirdHere starts BIRD with the configuration file cfg in the test's
+// own network namespace (for loopback-only set-ups such as benchmarks).
+func StartBirdHere(t testing.TB, cfg, sock string) *Bird {
+	t.Helper()
+	NeedDaemons(t, BirdBin, BirdcBin)
+	return startBird(t, exec.Command(BirdBin, "-f", "-c", cfg, "-s", sock, "-P", sock+".pid"), sock)
+}
+
+func startBird(t testing.TB, cmd *exec.Cmd, sock string) *Bird {
+	t.Helper()
+	b := &Bird{Sock: sock, out: &bytes.Buffer{}}
 	cmd.Stdout, cmd.Stderr = b.out, b.out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	b.cmd = start(t, cmd, "bird")
