@@ -154,22 +154,7 @@ rhizome_bgp_prefixes_advertised{peer="127.0.0.2",type="node-to-node mesh"} 3
 		t.Error("withdrawing one prefix withdrew the block too")
 	}
 
-	// Next hop mode Self towards B: the third-party next hop of a path
-	// becomes A's address (iBGP keeps it otherwise).
-	other := netip.MustParsePrefix("10.250.0.0/24")
-	if err := spA.SetAdvertisements(ctx, []bgp.Advertisement{{Prefix: blk, NextHop: a}, {Prefix: other, NextHop: netip.MustParseAddr("127.0.0.9")}}); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 10*time.Second, "B sees the third-party next hop", func() bool { r, ok := logB.get(other); return ok && r.NextHop.String() == "127.0.0.9" })
-	self := peer(b, a, false)
-	self.NextHopMode = api.NextHopSelf
-	if err := spA.SetPeers(ctx, []bgp.Peer{self}); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 20*time.Second, "B sees next hop self", func() bool { r, ok := logB.get(other); return ok && r.NextHop == a })
-
-	// B goes away with a Cease: A counts a flap (the second: changing the
-	// next hop mode re-created the session).
+	// B goes away with a Cease: A counts a flap.
 	if err := spB.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +165,7 @@ rhizome_bgp_prefixes_advertised{peer="127.0.0.2",type="node-to-node mesh"} 3
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
 # HELP rhizome_bgp_session_flaps_total Times an established BGP session went down.
 # TYPE rhizome_bgp_session_flaps_total counter
-rhizome_bgp_session_flaps_total{peer="127.0.0.2"} 2
+rhizome_bgp_session_flaps_total{peer="127.0.0.2"} 1
 `), "rhizome_bgp_session_flaps_total"); err != nil {
 		t.Error(err)
 	}
@@ -193,6 +178,53 @@ rhizome_bgp_session_flaps_total{peer="127.0.0.2"} 2
 	if !sawUp {
 		t.Errorf("no Established peer event: %v", peerEvents)
 	}
+}
+
+// TestSpeakerNextHopMode: towards a peer with next hop mode Self, a path's
+// third-party next hop becomes the speaker's address; towards an Auto iBGP
+// peer it is kept. (Fresh sessions only: re-establishing a session while
+// its routes are being reported trips a data race inside GoBGP v3.37.0,
+// osrg/gobgp#2705, which -race would report here.)
+func TestSpeakerNextHopMode(t *testing.T) {
+	ctx := context.Background()
+	port := freePort(t)
+	a, b, c := netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.4"), netip.MustParseAddr("127.0.0.5")
+	other := netip.MustParsePrefix("10.250.0.0/24")
+	logs := map[netip.Addr]*routeLog{}
+	var sps []*bgp.Speaker
+	for _, addr := range []netip.Addr{a, b, c} {
+		l := &routeLog{routes: map[netip.Prefix]bgp.RouteEvent{}}
+		logs[addr] = l
+		sp, err := bgp.Start(ctx, bgp.Config{RouterID: addr, AS: 64512, ListenPort: port, ConnectRetry: time.Second}, bgp.OnRoute(l.add), bgp.WithLogger(quietLogger()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sp.Shutdown(ctx)
+		sps = append(sps, sp)
+	}
+	mk := func(to, from netip.Addr, passive bool, mode api.NextHopMode) bgp.Peer {
+		return bgp.Peer{Address: to, Port: uint16(port), AS: 64512, LocalAS: 64512, Type: bgp.TypeNode, Passive: passive, SourceAddress: from, NextHopMode: mode}
+	}
+	if err := sps[0].SetAdvertisements(ctx, []bgp.Advertisement{{Prefix: other, NextHop: netip.MustParseAddr("127.0.0.9")}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, set := range []struct {
+		sp    *bgp.Speaker
+		peers []bgp.Peer
+	}{
+		{sps[0], []bgp.Peer{mk(b, a, false, api.NextHopSelf), mk(c, a, false, api.NextHopAuto)}},
+		{sps[1], []bgp.Peer{mk(a, b, true, api.NextHopAuto)}},
+		{sps[2], []bgp.Peer{mk(a, c, true, api.NextHopAuto)}},
+	} {
+		if err := set.sp.SetPeers(ctx, set.peers); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 20*time.Second, "B sees next hop self, C the original next hop", func() bool {
+		rb, okb := logs[b].get(other)
+		rc, okc := logs[c].get(other)
+		return okb && okc && rb.NextHop == a && rc.NextHop.String() == "127.0.0.9"
+	})
 }
 
 // gauge finds one sample of a gathered metric family by its first label.
