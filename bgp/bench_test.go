@@ -81,7 +81,6 @@ type convergenceLab struct {
 	base    [2]byte
 	port    int
 	clients []*bgp.Speaker
-	names   []string
 	arr     *arrivals
 }
 
@@ -256,4 +255,46 @@ func startLoopbackBird(b *testing.B, conf string) {
 		b.Fatal(err)
 	}
 	bgplab.StartBirdHere(b, dir+"/bird.conf", dir+"/bird.ctl")
+}
+
+// BenchmarkSpeakerMemory: RSS of a speaker process (the agent's BGP part
+// plus the test harness) holding 10,000 learned prefixes of 1,000 nodes,
+// received from a route reflector as an agent with the mesh off does.
+func BenchmarkSpeakerMemory(b *testing.B) {
+	bgplab.Privileged(b)
+	lab := bgplab.NewNet(b, "10.79.0.0/16")
+	rrNode, agentNode := lab.AddNode("rr", 1), lab.AddNode("agent", 2)
+	rr := bgplab.StartSpeaker(b, rrNode, bgp.Config{AS: 64512})
+	agent := bgplab.StartSpeaker(b, agentNode, bgp.Config{AS: 64512})
+	const prefixes, nodes = 10000, 1000
+	var advs []bgp.Advertisement
+	for i := 0; i < prefixes; i++ {
+		n := i % nodes
+		advs = append(advs, bgp.Advertisement{
+			Prefix:  netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(100 + i/1024), byte(i % 1024 / 4), byte(i % 4 * 64)}), 26),
+			NextHop: netip.AddrFrom4([4]byte{10, 79, byte(1 + n/250), byte(1 + n%250)}),
+		})
+	}
+	rr.SetAdvertisements(advs...)
+	rr.SetPeers(bgp.Peer{Address: agentNode.Addr.Addr(), Port: 179, AS: 64512, LocalAS: 64512, Type: bgp.TypeRRClient,
+		RouteReflectorClient: true, ClusterID: "244.0.0.1", SourceAddress: rrNode.Addr.Addr(), GracefulRestartSeconds: 120})
+	agent.SetPeers(bgp.Peer{Address: rrNode.Addr.Addr(), Port: 179, AS: 64512, LocalAS: 64512, Type: bgp.TypeRR, Passive: true,
+		SourceAddress: agentNode.Addr.Addr(), GracefulRestartSeconds: 120})
+	start := time.Now()
+	agent.Wait(120*time.Second, "10,000 prefixes learned", func(v bgplab.View) bool { return len(v.Routes) == prefixes })
+	took := time.Since(start)
+	time.Sleep(time.Second) // let the heap settle after the burst
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", agent.PID()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	var rssKB float64
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &rssKB)
+		}
+	}
+	b.ReportMetric(rssKB/1024, "RSS-MB")
+	b.ReportMetric(float64(took.Milliseconds()), "learn-ms")
+	b.Logf("agent speaker with %d prefixes of %d nodes: RSS %.1f MB, learned in %v", prefixes, nodes, rssKB/1024, took.Round(time.Millisecond))
 }

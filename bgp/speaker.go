@@ -212,7 +212,7 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []Peer) error {
 			return fmt.Errorf("set BGP peers: peer %s is listed twice: give each address once", p.Address)
 		}
 		if p.AS == 0 {
-			return fmt.Errorf("set BGP peers: peer %s has AS 0", p.Address)
+			return fmt.Errorf("set BGP peers: peer %s has AS 0: give its AS number", p.Address)
 		}
 		want[p.Address] = p
 	}
@@ -231,6 +231,9 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []Peer) error {
 		}
 		delete(s.peers, addr)
 		s.errs.clear(addr.String())
+		s.stateMu.Lock()
+		delete(s.states, addr)
+		s.stateMu.Unlock()
 		s.log.Info("BGP peer removed", "peer", addr)
 	}
 	for addr, p := range want {

@@ -116,10 +116,6 @@ func others(n, self int) []int {
 	return out
 }
 
-func established(n int) func(bgplab.View) bool {
-	return func(v bgplab.View) bool { return v.Established() == n }
-}
-
 // TestPrivilegedMeshThenRouteReflectors runs 5 speakers in a full mesh,
 // turns the mesh off with two route reflectors (seed 004), and removes a
 // node.

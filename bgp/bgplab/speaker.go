@@ -296,6 +296,9 @@ func (s *Speaker) Stop() { s.t.Helper(); s.call(request{Op: "stop"}); s.cmd.wait
 // Shutdown closes every session with a Cease; the process exits.
 func (s *Speaker) Shutdown() { s.t.Helper(); s.call(request{Op: "shutdown"}); s.cmd.wait() }
 
+// PID is the speaker process's ID.
+func (s *Speaker) PID() int { return s.cmd.cmd.Process.Pid }
+
 // Kill kills the speaker process with SIGKILL: no Cease, the kernel
 // closes its connections.
 func (s *Speaker) Kill() { s.t.Helper(); s.cmd.kill() }
