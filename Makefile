@@ -123,3 +123,15 @@ lab lab-up lab-down:
 	@echo "make $@: the lab (issue 7) is not built yet: rhizome-node does not run BGP and the dataplane yet." >&2
 	@echo "What runs today: make test (agent, CNI, IPAM, BGP and dataplane each against real parts)." >&2
 	@exit 2
+## bgp-deps: BIRD 2 and FRR for the BGP interop tests (apt-get install when missing).
+## Under make the interop tests fail, not skip, when they are missing.
+.PHONY: bgp-deps
+test-deps: bgp-deps
+export RHIZOME_REQUIRE_BGP_DAEMONS := 1
+bgp-deps:
+	@if dpkg-query -W -f='$${Status}\n' bird2 frr 2>/dev/null | grep -c '^install ok installed' | grep -qx 2; then \
+	  echo "==> bgp-deps: bird2 and frr are installed"; \
+	else \
+	  echo "==> bgp-deps: apt-get install bird2 frr"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends bird2 frr; \
+	fi
