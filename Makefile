@@ -13,7 +13,7 @@ STATICCHECK := $(CACHE)/staticcheck-$(STATICCHECK_VERSION)/staticcheck
 TEST_FLAGS  ?= -race -count=1 -timeout 25m
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build test test-short lint fuzz bench bench-ipam bench-dataplane bench-cni clean kernel-deps test-kernel lab lab-up lab-down
+.PHONY: all build test test-short lint fuzz bench bench-ipam bench-dataplane bench-cni bench-bgp clean kernel-deps test-kernel lab lab-up lab-down
 
 all: build
 
@@ -92,7 +92,7 @@ fuzz:
 	done
 
 ## bench: every benchmark report, each with its baseline measured in the same run
-bench: bench-ipam bench-cni bench-dataplane
+bench: bench-ipam bench-cni bench-dataplane bench-bgp
 
 ## bench-ipam: the IPAM report next to host-local. The report is a test (TestReport -report) so it can
 ## start embedded etcd; it runs from a compiled test binary so only the table reaches stdout.
@@ -107,6 +107,12 @@ bench-ipam:
 bench-dataplane:
 	@echo "==> dataplane: route programming next to ip -batch, same run"
 	$(GO) test -run '^$$' -bench RouteProgramming -benchtime 1x ./dataplane/dpbench
+
+## bench-bgp: convergence behind 2 rhizome route reflectors next to BIRD as reflector (same run), and a
+## speaker's RSS holding 10,000 prefixes from 1,000 nodes (root)
+bench-bgp: bgp-deps
+	@echo "==> BGP: convergence via rhizome route reflectors next to BIRD, speaker memory"
+	$(GO) test -run '^$$' -bench 'Convergence|SpeakerMemory' -benchtime 1x -count=1 ./bgp/
 
 ## bench-cni: CNI ADD/DEL through libcni, 200 pods, rhizome-cni next to ptp+host-local (root)
 bench-cni:
