@@ -99,7 +99,7 @@ func (a *Agent) start(ctx context.Context) error {
 		}
 		client, err := kubernetes.NewForConfig(rc)
 		if err != nil {
-			return fmt.Errorf("Kubernetes client: %w", err)
+			return fmt.Errorf("client for the Kubernetes API: %w", err)
 		}
 		a.kube = newKube(client, cfg.NodeName, a.log)
 		if err := a.kube.Start(ctx); err != nil {

@@ -115,7 +115,7 @@ func (k *kube) Start(ctx context.Context) error {
 	for _, f := range []informers.SharedInformerFactory{k.nodes, k.pods, k.namespaces} {
 		for typ, ok := range f.WaitForCacheSync(sctx.Done()) {
 			if !ok {
-				return fmt.Errorf("Kubernetes informer for %v did not sync within a minute: is the API server reachable, and may this agent list it (RBAC)?", typ)
+				return fmt.Errorf("informer for %v did not sync within a minute: is the API server reachable, and may this agent list it (RBAC)?", typ)
 			}
 		}
 	}

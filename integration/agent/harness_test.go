@@ -93,7 +93,6 @@ type agent struct {
 	t      *testing.T
 	name   string
 	args   []string
-	env    []string
 	socket string
 	status string
 
