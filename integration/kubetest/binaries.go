@@ -1,0 +1,89 @@
+package kubetest
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// Version is the Kubernetes release the harness runs; `make kube-tools` builds it.
+const Version = "v1.37.2"
+
+const (
+	// BinEnv names a directory holding kube-apiserver and kubectl, used instead of the repository's cache.
+	BinEnv = "RHIZOME_KUBE_BIN"
+	// RequireEnv, set to 1 (as `make test` does), makes missing binaries fail a test instead of skipping it.
+	RequireEnv = "RHIZOME_REQUIRE_KUBE"
+)
+
+// errNotBuilt is returned by findBinaries when a binary is missing.
+var errNotBuilt = errors.New("kube-apiserver not built: run make kube-tools")
+
+// binaries are the paths of the two programs the harness runs.
+type binaries struct {
+	apiserver, kubectl string
+}
+
+// findBinaries looks in $RHIZOME_KUBE_BIN, else in .cache/kube-<Version>/ of the repository that holds
+// the working directory (go test runs in the package's directory).
+func findBinaries() (binaries, error) {
+	dir := os.Getenv(BinEnv)
+	if dir == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return binaries{}, fmt.Errorf("find the repository root: %w", err)
+		}
+		root, err := repoRoot(wd)
+		if err != nil {
+			return binaries{}, err
+		}
+		dir = filepath.Join(root, ".cache", "kube-"+Version)
+	}
+	return binariesIn(dir)
+}
+
+func binariesIn(dir string) (binaries, error) {
+	b := binaries{
+		apiserver: filepath.Join(dir, "kube-apiserver"),
+		kubectl:   filepath.Join(dir, "kubectl"),
+	}
+	for _, p := range []string{b.apiserver, b.kubectl} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return b, fmt.Errorf("%w (%s is missing)", errNotBuilt, p)
+		}
+		if fi.IsDir() || fi.Mode()&0o111 == 0 {
+			return b, fmt.Errorf("%w (%s is not an executable file)", errNotBuilt, p)
+		}
+	}
+	return b, nil
+}
+
+// repoRoot is the nearest directory at or above dir that holds a go.mod.
+func repoRoot(dir string) (string, error) {
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d, nil
+		}
+		if filepath.Dir(d) == d {
+			return "", fmt.Errorf("no go.mod at or above %s: set %s to the directory of kube-apiserver", dir, BinEnv)
+		}
+	}
+}
+
+// requireBinaries finds the binaries, or ends the test: a skip when run by hand, a failure under `make
+// test` (RHIZOME_REQUIRE_KUBE=1), where a missing server must not pass unnoticed.
+func requireBinaries(t testing.TB) binaries {
+	t.Helper()
+	b, err := findBinaries()
+	if err == nil {
+		return b
+	}
+	if os.Getenv(RequireEnv) == "1" {
+		t.Fatalf("kubetest: %v (%s=1 makes this a failure)", err, RequireEnv)
+	}
+	t.Skipf("kubetest: %v", err)
+	return b
+}
