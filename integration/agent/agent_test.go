@@ -39,7 +39,7 @@ func TestPrivilegedAgentLifecycle(t *testing.T) {
 	if again := rt.mustAdd(p1); again != ip1 {
 		t.Errorf("a repeated ADD gave %s, the first gave %s", again, ip1)
 	}
-	if err := rt.cni.CheckNetworkList(t.Context(), rt.conf, p1.rt); err != nil {
+	if err := rt.cni.CheckNetworkList(t.Context(), rt.conf, p1.RT); err != nil {
 		t.Errorf("CHECK after ADD: %v", err)
 	}
 	blocks := c.ctl("ipam", "show", "--node", "node-a")

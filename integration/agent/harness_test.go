@@ -3,7 +3,6 @@ package agent_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -19,12 +18,9 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
-	"github.com/containernetworking/cni/pkg/invoke"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/cni/pkg/version"
-	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 
+	"github.com/rhizome-net/rhizome/cni/cnitest"
 	"github.com/rhizome-net/rhizome/datastore/etcdtest"
 )
 
@@ -56,12 +52,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func needRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces and veth pairs")
-	}
-}
+func needRoot(t testing.TB) { t.Helper(); cnitest.NeedRoot(t) }
 
 // cluster is one etcd and the agents started against it.
 type cluster struct {
@@ -98,8 +89,27 @@ type agent struct {
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
-	log  *bytes.Buffer
+	log  *syncBuffer
 	done chan error
+}
+
+// syncBuffer is the agent's output: written by exec's copying goroutine,
+// read by the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func (c *cluster) agent(name string, extra ...string) *agent {
@@ -130,7 +140,7 @@ func (a *agent) start() {
 	a.t.Helper()
 	a.mu.Lock()
 	a.cmd = exec.Command(filepath.Join(binDir, "rhizome-node"), a.args...)
-	a.log = &bytes.Buffer{}
+	a.log = &syncBuffer{}
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
 	if err := a.cmd.Start(); err != nil {
 		a.mu.Unlock()
@@ -206,75 +216,28 @@ func (a *agent) get(path string) (int, string) {
 }
 
 // runtime is a container runtime on the node: libcni running the plugin
-// inside the test's host namespace, so the host ends of the veths stay in
-// a namespace the test owns.
+// inside a host namespace the test owns (cnitest.Node), so the host ends
+// of the veths stay there.
 type runtime struct {
 	t    *testing.T
-	host ns.NetNS
+	node *cnitest.Node
 	cni  *libcni.CNIConfig
 	conf *libcni.NetworkConfigList
 }
 
-type nsExec struct {
-	host ns.NetNS
-	raw  invoke.RawExec
-	version.PluginDecoder
-}
-
-func (e *nsExec) ExecPlugin(ctx context.Context, path string, stdin []byte, env []string) ([]byte, error) {
-	var out []byte
-	var runErr error
-	if err := e.host.Do(func(ns.NetNS) error {
-		out, runErr = e.raw.ExecPlugin(ctx, path, stdin, env)
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-	return out, runErr
-}
-
-func (e *nsExec) FindInPath(plugin string, paths []string) (string, error) {
-	return invoke.FindInPath(plugin, paths)
-}
-
-func newNS(t testing.TB) ns.NetNS {
-	t.Helper()
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatalf("new netns: %v", err)
-	}
-	t.Cleanup(func() { n.Close(); _ = testutils.UnmountNS(n) })
-	return n
-}
-
 func (a *agent) runtime() *runtime {
 	a.t.Helper()
-	host := newNS(a.t)
-	ex := &nsExec{host: host, raw: invoke.RawExec{Stderr: os.Stderr}}
-	conf, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "k8s-pod-network",
-		"plugins": []map[string]any{{"type": "rhizome-cni", "socket": a.socket, "mtu": 1400}}})
-	l, err := libcni.ConfListFromBytes(conf)
-	if err != nil {
-		a.t.Fatal(err)
-	}
-	return &runtime{t: a.t, host: host, cni: libcni.NewCNIConfigWithCacheDir([]string{binDir}, a.t.TempDir(), ex), conf: l}
+	n := cnitest.NewNode(a.t, binDir)
+	conf := cnitest.ConfList(a.t, "k8s-pod-network", map[string]any{"type": "rhizome-cni", "socket": a.socket, "mtu": 1400})
+	return &runtime{t: a.t, node: n, cni: n.CNI, conf: conf}
 }
 
-type pod struct {
-	netns ns.NetNS
-	rt    *libcni.RuntimeConf
-}
+type pod = cnitest.Pod
 
-func (r *runtime) pod(namespace, name string) *pod {
-	p := &pod{netns: newNS(r.t)}
-	p.rt = &libcni.RuntimeConf{ContainerID: "ctr-" + name, NetNS: p.netns.Path(), IfName: "eth0",
-		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", namespace}, {"K8S_POD_NAME", name},
-			{"K8S_POD_INFRA_CONTAINER_ID", "ctr-" + name}}}
-	return p
-}
+func (r *runtime) pod(namespace, name string) *pod { return r.node.NewPod(namespace, name) }
 
 func (r *runtime) add(p *pod) (netip.Addr, error) {
-	res, err := r.cni.AddNetworkList(context.Background(), r.conf, p.rt)
+	res, err := r.cni.AddNetworkList(context.Background(), r.conf, p.RT)
 	if err != nil {
 		return netip.Addr{}, err
 	}
@@ -293,11 +256,11 @@ func (r *runtime) mustAdd(p *pod) netip.Addr {
 	r.t.Helper()
 	a, err := r.add(p)
 	if err != nil {
-		r.t.Fatalf("ADD %s: %v", p.rt.ContainerID, err)
+		r.t.Fatalf("ADD %s: %v", p.RT.ContainerID, err)
 	}
 	return a
 }
 
 func (r *runtime) del(p *pod) error {
-	return r.cni.DelNetworkList(context.Background(), r.conf, p.rt)
+	return r.cni.DelNetworkList(context.Background(), r.conf, p.RT)
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -33,16 +34,28 @@ func startProcess(bin string, args []string, logPath string) (*process, error) {
 	// If the test binary dies without running its cleanups (a panic, go test's timeout), the kernel
 	// kills the server too rather than leaving it running.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		_ = logFile.Close()
-		return nil, fmt.Errorf("start %s: %w", bin, err)
-	}
-	p := &process{cmd: cmd, pid: cmd.Process.Pid, log: logPath, done: make(chan struct{})}
+	// Pdeathsig fires when the *thread* that forked the child ends, not the process, and Go ends a
+	// thread whenever a goroutine that locked it exits still locked (network namespace helpers do
+	// that). So fork from a thread this goroutine keeps locked, alive, until the server has exited.
+	p := &process{cmd: cmd, log: logPath, done: make(chan struct{})}
+	started := make(chan error, 1)
 	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			_ = logFile.Close()
+			started <- fmt.Errorf("start %s: %w", bin, err)
+			return
+		}
+		p.pid = cmd.Process.Pid
+		started <- nil
 		p.err = cmd.Wait()
 		_ = logFile.Close()
 		close(p.done)
 	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 
