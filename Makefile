@@ -13,7 +13,7 @@ STATICCHECK := $(CACHE)/staticcheck-$(STATICCHECK_VERSION)/staticcheck
 TEST_FLAGS  ?= -race -count=1 -timeout 25m
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build test test-short lint fuzz bench bench-ipam bench-dataplane bench-cni bench-bgp clean kernel-deps test-kernel lab lab-up lab-down
+.PHONY: all build test test-short lint fuzz bench bench-ipam bench-dataplane bench-cni bench-bgp bench-agent clean kernel-deps test-kernel lab lab-up lab-down
 
 all: build
 
@@ -100,7 +100,7 @@ fuzz:
 	done
 
 ## bench: every benchmark report, each with its baseline measured in the same run
-bench: bench-ipam bench-cni bench-dataplane bench-bgp
+bench: bench-ipam bench-cni bench-dataplane bench-bgp bench-agent
 
 ## bench-ipam: the IPAM report next to host-local. The report is a test (TestReport -report) so it can
 ## start embedded etcd; it runs from a compiled test binary so only the table reaches stdout.
@@ -121,6 +121,11 @@ bench-dataplane:
 bench-bgp: bgp-deps
 	@echo "==> BGP: convergence via rhizome route reflectors next to BIRD, speaker memory"
 	$(GO) test -run '^$$' -bench 'Convergence|SpeakerMemory' -benchtime 1x -count=1 ./bgp/
+
+## bench-agent: rhizome-node's resident memory idle and with 250 local pods (root)
+bench-agent:
+	@echo "==> agent: rhizome-node RSS with 250 local pods"
+	$(GO) test -run '^$$' -bench AgentRSS -benchtime 1x -count=1 ./integration/agent/ | grep -E 'RSS|^ok|FAIL'
 
 ## bench-cni: CNI ADD/DEL through libcni, 200 pods, rhizome-cni next to ptp+host-local (root)
 bench-cni:

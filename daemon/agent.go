@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
 
 	"github.com/rhizome-net/rhizome/api"
 	"github.com/rhizome-net/rhizome/cni/agentapi"
@@ -93,6 +94,7 @@ func (a *Agent) start(ctx context.Context) error {
 	if on, err := a.kubernetesEnabled(); err != nil {
 		return err
 	} else if on {
+		klog.SetSlogLogger(a.log.With("component", "client-go")) // client-go logs through klog
 		rc, err := kubeConfig(cfg.Kubeconfig)
 		if err != nil {
 			return err

@@ -56,12 +56,12 @@ func needRoot(t testing.TB) { t.Helper(); cnitest.NeedRoot(t) }
 
 // cluster is one etcd and the agents started against it.
 type cluster struct {
-	t    *testing.T
+	t    testing.TB
 	etcd *etcdtest.Server
 	dir  string
 }
 
-func newCluster(t *testing.T) *cluster {
+func newCluster(t testing.TB) *cluster {
 	return &cluster{t: t, etcd: etcdtest.Start(t), dir: t.TempDir()}
 }
 
@@ -81,7 +81,7 @@ func (c *cluster) ctl(args ...string) string {
 
 // agent is one rhizome-node process.
 type agent struct {
-	t      *testing.T
+	t      testing.TB
 	name   string
 	args   []string
 	socket string
@@ -219,7 +219,7 @@ func (a *agent) get(path string) (int, string) {
 // inside a host namespace the test owns (cnitest.Node), so the host ends
 // of the veths stay there.
 type runtime struct {
-	t    *testing.T
+	t    testing.TB
 	node *cnitest.Node
 	cni  *libcni.CNIConfig
 	conf *libcni.NetworkConfigList
