@@ -137,72 +137,57 @@ func (o *Options) forEach(objs []api.Object, write func(context.Context, *datast
 	return nil
 }
 
-func newApplyCommand(o *Options) *cobra.Command {
+// writeFunc writes one object decoded from a file and says what it did.
+type writeFunc func(ctx context.Context, r *datastore.Resources, obj api.Object) (verb string, err error)
+
+// newFileWriteCommand is a command that decodes -f files whole, then writes
+// each object with write.
+func newFileWriteCommand(o *Options, use, short, example string, write writeFunc) *cobra.Command {
 	var ff fileFlags
 	cmd := &cobra.Command{
-		Use:   "apply -f FILE",
-		Short: "Create resources, or update them when they exist",
-		Example: `  rhizomectl apply -f pools.yaml
-  cat pool.yaml | rhizomectl apply -f -`,
-		Args: cobra.NoArgs,
+		Use:     use,
+		Short:   short,
+		Example: example,
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			objs, err := ff.read(cmd.InOrStdin())
 			if err != nil {
 				return err
 			}
-			return o.forEach(objs, func(ctx context.Context, r *datastore.Resources, obj api.Object) (string, error) {
-				_, created, err := r.Apply(ctx, obj)
-				if created {
-					return "created", err
-				}
-				return "configured", err
-			})
+			return o.forEach(objs, write)
 		},
 	}
 	ff.register(cmd, true)
 	return cmd
+}
+
+func newApplyCommand(o *Options) *cobra.Command {
+	return newFileWriteCommand(o, "apply -f FILE", "Create resources, or update them when they exist",
+		`  rhizomectl apply -f pools.yaml
+  cat pool.yaml | rhizomectl apply -f -`,
+		func(ctx context.Context, r *datastore.Resources, obj api.Object) (string, error) {
+			_, created, err := r.Apply(ctx, obj)
+			if created {
+				return "created", err
+			}
+			return "configured", err
+		})
 }
 
 func newCreateCommand(o *Options) *cobra.Command {
-	var ff fileFlags
-	cmd := &cobra.Command{
-		Use:   "create -f FILE",
-		Short: "Create resources; fails for those that exist already",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			objs, err := ff.read(cmd.InOrStdin())
-			if err != nil {
-				return err
-			}
-			return o.forEach(objs, func(ctx context.Context, r *datastore.Resources, obj api.Object) (string, error) {
-				_, err := r.Create(ctx, obj)
-				return "created", err
-			})
-		},
-	}
-	ff.register(cmd, true)
-	return cmd
+	return newFileWriteCommand(o, "create -f FILE", "Create resources; fails for those that exist already", "",
+		func(ctx context.Context, r *datastore.Resources, obj api.Object) (string, error) {
+			_, err := r.Create(ctx, obj)
+			return "created", err
+		})
 }
 
 func newReplaceCommand(o *Options) *cobra.Command {
-	var ff fileFlags
-	cmd := &cobra.Command{
-		Use:   "replace -f FILE",
-		Short: "Replace existing resources (guarded by metadata.resourceVersion when the file has one)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			objs, err := ff.read(cmd.InOrStdin())
-			if err != nil {
-				return err
-			}
-			return o.forEach(objs, func(ctx context.Context, r *datastore.Resources, obj api.Object) (string, error) {
-				_, err := r.Update(ctx, obj)
-				return "replaced", err
-			})
-		},
-	}
-	ff.register(cmd, true)
-	return cmd
+	return newFileWriteCommand(o, "replace -f FILE", "Replace existing resources (guarded by metadata.resourceVersion when the file has one)", "",
+		func(ctx context.Context, r *datastore.Resources, obj api.Object) (string, error) {
+			_, err := r.Update(ctx, obj)
+			return "replaced", err
+		})
 }
 
 func newDeleteCommand(o *Options) *cobra.Command {

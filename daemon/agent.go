@@ -273,9 +273,9 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 				continue
 			}
 			a.lastBeat.Store(time.Now().UnixNano())
-			if u, err := ipam.ReadNodeUsage(ctx, a.store, a.cfg.NodeName); err == nil {
-				a.m.blocks.Set(float64(len(u.Blocks)))
-				a.m.inUse.Set(float64(len(u.Addresses)))
+			if blocks, inUse, err := ipam.AffineUsage(ctx, a.store, a.cfg.NodeName); err == nil {
+				a.m.blocks.Set(float64(blocks))
+				a.m.inUse.Set(float64(inUse))
 			}
 		}
 	}

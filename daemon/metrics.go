@@ -42,7 +42,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		inUse: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "rhizome_ipam_addresses_in_use",
-			Help: "Addresses allocated for this node.",
+			Help: "Addresses in use in the blocks affine to this node.",
 		}),
 		leader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "rhizome_controller_leader",

@@ -2,6 +2,8 @@ package ipam
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -386,4 +388,37 @@ func plural(n int, one, many string) string {
 		return "1 " + one
 	}
 	return fmt.Sprintf("%d %s", n, many)
+}
+
+// AffineUsage counts the blocks confirmed affine to node and the addresses
+// in use in them. It reads only the node's affinity records and those
+// blocks, not the whole IPAM data as ReadNodeUsage does, so an agent can
+// call it periodically for its metrics. Addresses the node borrowed in
+// other nodes' blocks are not counted.
+func AffineUsage(ctx context.Context, store datastore.Store, node string) (blocks, inUse int, err error) {
+	prefix := AffinityPrefix + node + "/"
+	kvs, _, err := store.List(ctx, prefix)
+	if err != nil {
+		return 0, 0, fmt.Errorf("list affinities of node %s: %w", node, err)
+	}
+	for _, kv := range kvs {
+		var a Affinity
+		if json.Unmarshal(kv.Value, &a) != nil || a.State != AffinityConfirmed {
+			continue
+		}
+		bkv, err := store.Get(ctx, BlockPrefix+strings.TrimPrefix(kv.Key, prefix))
+		if errors.Is(err, datastore.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return 0, 0, err
+		}
+		b, err := decodeBlock(bkv.Value)
+		if err != nil {
+			return 0, 0, err
+		}
+		blocks++
+		inUse += b.inUse()
+	}
+	return blocks, inUse, nil
 }

@@ -159,3 +159,22 @@ func TestReadNodeUsage(t *testing.T) {
 		t.Fatalf("unknown node holds %+v", u)
 	}
 }
+
+// AffineUsage, the agent's cheap count, agrees with the full view.
+func TestAffineUsage(t *testing.T) {
+	c := showCluster(t)
+	for _, node := range []string{"node-a", "node-b", "node-c"} {
+		u, err := ReadNodeUsage(context.Background(), c.store(), node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantInUse := 0
+		for _, b := range u.Blocks {
+			wantInUse += b.InUse
+		}
+		blocks, inUse, err := AffineUsage(context.Background(), c.store(), node)
+		if err != nil || blocks != len(u.Blocks) || inUse != wantInUse {
+			t.Errorf("%s: AffineUsage = %d blocks, %d in use, %v; the full view has %d blocks, %d in use", node, blocks, inUse, err, len(u.Blocks), wantInUse)
+		}
+	}
+}
