@@ -178,6 +178,10 @@ func (a *Agent) register(ctx context.Context, labels map[string]string) error {
 	} else if !isNotFound(err) {
 		return fmt.Errorf("read BGPConfiguration default: %w", err)
 	}
+	if a.kube != nil && a.alloc != nil {
+		// Place pods by the new labels before the Node shows them.
+		a.alloc.SetNodeLabels(labels)
+	}
 	n, err := registerNode(ctx, a.res, nodeFacts{name: a.cfg.NodeName, ipv4: a.addr, version: a.version, labels: labels,
 		kubernetes: a.kube != nil}, globalRRID)
 	if err != nil {

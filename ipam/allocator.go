@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"sort"
 	"strings"
@@ -30,6 +31,11 @@ type Allocator struct {
 
 	snap atomic.Pointer[snapshot]
 	ops  chan *op
+
+	// labelsMu orders snapshot stores against SetNodeLabels; pendingLabels
+	// are labels set ahead of the store, kept until a load shows them.
+	labelsMu      sync.Mutex
+	pendingLabels map[string]string
 
 	// The loop goroutine owns eng and emptySince.
 	eng        *engine
@@ -385,7 +391,7 @@ func (a *Allocator) watch(ctx context.Context) {
 		if err == nil {
 			var snap *snapshot
 			if snap, err = loadSnapshot(ctx, a.res, a.node); err == nil {
-				a.snap.Store(snap)
+				a.storeSnapshot(snap)
 				a.waitForChange(ctx, rev+1)
 				continue
 			}
@@ -439,8 +445,34 @@ func (a *Allocator) Refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	a.snap.Store(snap)
+	a.storeSnapshot(snap)
 	return nil
+}
+
+// SetNodeLabels makes pool choice use these node labels at once, ahead of
+// the store: the agent calls it before it writes the labels to the Node,
+// so a pod created after the Node shows new labels is placed by them.
+// They hold until a reload from the store shows the same labels.
+func (a *Allocator) SetNodeLabels(l map[string]string) {
+	a.labelsMu.Lock()
+	defer a.labelsMu.Unlock()
+	a.pendingLabels = maps.Clone(l)
+	a.snap.Store(a.snap.Load().withLabels(a.pendingLabels))
+}
+
+// storeSnapshot installs a freshly loaded snapshot, keeping labels set by
+// SetNodeLabels that the store does not show yet.
+func (a *Allocator) storeSnapshot(s *snapshot) {
+	a.labelsMu.Lock()
+	defer a.labelsMu.Unlock()
+	if a.pendingLabels != nil {
+		if maps.Equal(map[string]string(s.nodeLabels), a.pendingLabels) {
+			a.pendingLabels = nil
+		} else {
+			s = s.withLabels(a.pendingLabels)
+		}
+	}
+	a.snap.Store(s)
 }
 
 // ByHandle returns the addresses a handle holds.

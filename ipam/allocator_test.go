@@ -182,6 +182,46 @@ func TestPoolChosenByNodeSelector(t *testing.T) {
 	wantErr(t, err, ErrNoUsablePool, "kube-node-9", "rack-0-ippool", "rack-1-ippool", `rack == "0"`, "does not select this node")
 }
 
+// A relabel the agent hands over with SetNodeLabels places the next pod at
+// once, and a reload that still shows the old labels does not undo it; once
+// the store shows them, later changes in the store win again.
+func TestSetNodeLabelsAheadOfTheStore(t *testing.T) {
+	c := newCluster(t)
+	rack0 := newTestPool("rack-0-ippool", "192.168.0.0/24", 26)
+	rack0.Spec.NodeSelector = `rack == "0"`
+	rack1 := newTestPool("rack-1-ippool", "192.168.1.0/24", 26)
+	rack1.Spec.NodeSelector = `rack == "1"`
+	c.apply(rack0, rack1)
+	c.node("kube-node-0", map[string]string{"rack": "0"})
+	a := c.allocator("kube-node-0")
+	ctx := context.Background()
+	pool := func(handle string) string {
+		t.Helper()
+		return assign(t, a, handle).Pool
+	}
+	if p := pool("net.a"); p != "rack-0-ippool" {
+		t.Fatalf("before the relabel: pool %s, want rack-0-ippool", p)
+	}
+	a.SetNodeLabels(map[string]string{"rack": "1"})
+	if err := a.Refresh(ctx); err != nil { // the store still says rack=0
+		t.Fatal(err)
+	}
+	if p := pool("net.b"); p != "rack-1-ippool" {
+		t.Fatalf("after SetNodeLabels rack=1 and a stale reload: pool %s, want rack-1-ippool", p)
+	}
+	c.node("kube-node-0", map[string]string{"rack": "1"})
+	if err := a.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.node("kube-node-0", map[string]string{"rack": "0"})
+	if err := a.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if p := pool("net.c"); p != "rack-0-ippool" {
+		t.Fatalf("after the store caught up and changed back to rack=0: pool %s, want rack-0-ippool", p)
+	}
+}
+
 func TestRequestErrorsNameTheCause(t *testing.T) {
 	c := newCluster(t)
 	disabled := newTestPool("old", "10.1.0.0/24", 26)

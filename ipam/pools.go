@@ -81,6 +81,13 @@ func newSnapshot(pools []*api.IPPool, reservations []*api.IPReservation, cfg Con
 	return s
 }
 
+// withLabels returns a copy of s that places by these node labels.
+func (s *snapshot) withLabels(l map[string]string) *snapshot {
+	c := *s
+	c.nodeLabels = labels.Set(l)
+	return &c
+}
+
 // loadSnapshot reads everything a snapshot needs from the store.
 func loadSnapshot(ctx context.Context, res *datastore.Resources, node string) (*snapshot, error) {
 	pools, _, err := res.ListPools(ctx)
