@@ -231,6 +231,25 @@ func ownerAlias(network, containerID, ifName string) string {
 	return "rhizome:" + network + ":" + containerID + ":" + ifName
 }
 
+// ParseOwnerAlias reads the alias rhizome-cni gives a pod's host veth: the
+// agent finds its pods' links by it. ok is false for any other alias.
+func ParseOwnerAlias(alias string) (network, containerID, ifName string, ok bool) {
+	rest, found := strings.CutPrefix(alias, "rhizome:")
+	if !found {
+		return "", "", "", false
+	}
+	i := strings.LastIndexByte(rest, ':')
+	if i <= 0 {
+		return "", "", "", false
+	}
+	rest, ifName = rest[:i], rest[i+1:]
+	j := strings.LastIndexByte(rest, ':')
+	if j <= 0 || ifName == "" || j == len(rest)-1 {
+		return "", "", "", false
+	}
+	return rest[:j], rest[j+1:], ifName, true
+}
+
 // check verifies what setup built; the error says what differs.
 func (p *podNet) check() error {
 	contNS, err := ns.GetNS(p.netns)

@@ -80,6 +80,7 @@ Connection settings come from flags or the environment:
 		newGetCommand(o),
 		newPatchCommand(o),
 		newIPAMCommand(o),
+		newNodeCommand(o),
 	)
 	root.PersistentPostRun = func(*cobra.Command, []string) { o.close() }
 	return root

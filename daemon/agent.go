@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,6 +24,7 @@ import (
 	"github.com/rhizome-net/rhizome/api"
 	"github.com/rhizome-net/rhizome/cni/agentapi"
 	"github.com/rhizome-net/rhizome/daemon/cnisvc"
+	"github.com/rhizome-net/rhizome/daemon/nodestatus"
 	"github.com/rhizome-net/rhizome/dataplane"
 	"github.com/rhizome-net/rhizome/datastore"
 	"github.com/rhizome-net/rhizome/ipam"
@@ -37,7 +39,8 @@ type Agent struct {
 	store *datastore.Etcd
 	res   *datastore.Resources
 	alloc *ipam.Allocator
-	kube  *kube // nil without Kubernetes
+	kube  *kube    // nil without Kubernetes
+	net   *network // nil with networking none
 	view  clusterView
 	reg   *prometheus.Registry
 	m     *metrics
@@ -47,6 +50,7 @@ type Agent struct {
 	serving    atomic.Bool
 	lastBeat   atomic.Int64 // unix nanoseconds of the last successful heartbeat
 	reregister chan map[string]string
+	started    time.Time
 }
 
 // Run starts the agent and serves until ctx ends (SIGTERM), then stops
@@ -56,7 +60,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, version string) erro
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	a := &Agent{cfg: cfg, log: log.With("node", cfg.NodeName), version: version, reg: prometheus.NewRegistry(),
+	a := &Agent{cfg: cfg, log: log.With("node", cfg.NodeName), version: version, reg: prometheus.NewRegistry(), started: time.Now(),
 		reregister: make(chan map[string]string, 1)}
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.m = newMetrics(a.reg)
@@ -131,6 +135,12 @@ func (a *Agent) start(ctx context.Context) error {
 	a.alloc, err = ipam.NewAllocator(ctx, store, cfg.NodeName, ipam.WithLogger(a.log), ipam.WithIdleRelease(cfg.BlockIdleRelease))
 	if err != nil {
 		return fmt.Errorf("start the IPAM allocator: %w", err)
+	}
+	if cfg.Networking == "bgp" {
+		a.net = newNetwork(a, a.passwords())
+		if err := a.net.open(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -241,6 +251,9 @@ func (a *Agent) serve(ctx context.Context) error {
 		})
 	}
 	run(func() { a.heartbeatLoop(ctx) })
+	if a.net != nil {
+		run(func() { a.net.run(ctx) })
+	}
 	ctl := &controller{store: a.store, res: a.res, view: a.view, log: a.log.With("role", "controller"),
 		grace: a.cfg.LeakGracePeriod, metrics: a.m, now: time.Now, leakedAt: map[leakKey]time.Time{}}
 	run(func() { ctl.runElected(ctx, a.store.Client(), a.cfg.NodeName, a.cfg.ControllerInterval) })
@@ -270,17 +283,23 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 				a.log.Warn("update node labels", "err", err)
 			}
 		case <-t.C:
-			if err := heartbeat(ctx, a.res, a.cfg.NodeName, a.version, nil); err != nil {
+			var st api.NodeStatus
+			if blocks, inUse, err := ipam.AffineUsage(ctx, a.store, a.cfg.NodeName); err == nil {
+				a.m.blocks.Set(float64(blocks))
+				a.m.inUse.Set(float64(inUse))
+				st.IPsInUse = inUse
+			}
+			if a.net != nil {
+				st.BGPPeersUp, st.BGPPeers = a.net.peersUp()
+				st.Conditions = a.net.nodeConditions()
+			}
+			if err := heartbeat(ctx, a.res, a.cfg.NodeName, a.version, st); err != nil {
 				if ctx.Err() == nil {
 					a.log.Warn("heartbeat", "err", err)
 				}
 				continue
 			}
 			a.lastBeat.Store(time.Now().UnixNano())
-			if blocks, inUse, err := ipam.AffineUsage(ctx, a.store, a.cfg.NodeName); err == nil {
-				a.m.blocks.Set(float64(blocks))
-				a.m.inUse.Set(float64(inUse))
-			}
 		}
 	}
 }
@@ -310,7 +329,21 @@ func (a *Agent) statusHandler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET "+nodestatus.Path, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(a.report(r.Context()))
+	})
 	return mux
+}
+
+// report is the status API's answer.
+func (a *Agent) report(ctx context.Context) *nodestatus.Report {
+	r := &nodestatus.Report{Node: a.cfg.NodeName, Version: a.version, Started: a.started, Networking: "none",
+		Address: a.addr.String(), Peers: []nodestatus.Peer{}, Advertised: []string{}}
+	if a.net != nil {
+		a.net.report(ctx, r)
+	}
+	return r
 }
 
 // podMTU is RHIZOME_MTU, or the uplink's MTU less the encapsulation of the

@@ -28,6 +28,9 @@ type Config struct {
 	CNISocket  string
 	StatusAddr string
 
+	Networking string // bgp or none
+	Namespace  string // of the agent's pod: where BGP password Secrets are read
+
 	IPAutodetection string
 	IP              string // explicit node address in CIDR form; overrides autodetection
 
@@ -98,6 +101,8 @@ func (c *Config) settings() []struct {
 		{Setting{"kubeconfig", "RHIZOME_KUBECONFIG", "", "kubeconfig file (KUBECONFIG is read too); empty in a pod: in-cluster"}, str(&c.Kubeconfig)},
 		{Setting{"cni-socket", "RHIZOME_CNI_SOCKET", "/var/run/rhizome/cni.sock", "unix socket the CNI plugins call"}, str(&c.CNISocket)},
 		{Setting{"status-addr", "RHIZOME_STATUS_ADDR", "127.0.0.1:9099", "address of /livez, /readyz, /metrics and the status API"}, str(&c.StatusAddr)},
+		{Setting{"networking", "RHIZOME_NETWORKING", "bgp", "bgp: run the BGP speaker and program routes, tunl0 and natOutgoing; none: IPAM and CNI only (another component routes pod traffic)"}, str(&c.Networking)},
+		{Setting{"namespace", "RHIZOME_NAMESPACE", "kube-system", "namespace of the Secrets that BGP passwords (secretKeyRef) name; POD_NAMESPACE is read too"}, str(&c.Namespace)},
 		{Setting{"ip-autodetection", "RHIZOME_IP_AUTODETECTION_METHOD", "first-found", "how to find the node address: first-found, interface=REGEX, can-reach=IP, cidr=CIDR[,CIDR]"}, str(&c.IPAutodetection)},
 		{Setting{"ip", "RHIZOME_IP", "", "the node's IPv4 address in CIDR form (10.0.0.5/24); overrides autodetection"}, str(&c.IP)},
 		{Setting{"default-ipv4-pool-cidr", "RHIZOME_DEFAULT_IPV4_POOL_CIDR", "192.168.0.0/16", "CIDR of default-ipv4-ippool, created when the cluster has no pool; empty: none"}, str(&c.DefaultIPv4PoolCIDR)},
@@ -143,6 +148,7 @@ func (c *Config) BindFlags(fs *pflag.FlagSet, getenv func(string) string) {
 var altEnv = map[string]string{
 	"RHIZOME_NODENAME":   "NODENAME",
 	"RHIZOME_KUBECONFIG": "KUBECONFIG",
+	"RHIZOME_NAMESPACE":  "POD_NAMESPACE",
 }
 
 // Validate checks the configuration and names the first bad setting.
@@ -154,6 +160,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("etcd-endpoints is empty: set RHIZOME_ETCD_ENDPOINTS, for example https://10.0.0.1:2379")
 	case c.Kubernetes != "auto" && c.Kubernetes != "true" && c.Kubernetes != "false":
 		return fmt.Errorf("kubernetes %q: want auto, true or false", c.Kubernetes)
+	case c.Networking != "bgp" && c.Networking != "none":
+		return fmt.Errorf("networking %q: want bgp or none", c.Networking)
 	case c.HeartbeatInterval <= 0:
 		return fmt.Errorf("heartbeat-interval %s: must be positive", c.HeartbeatInterval)
 	case c.ControllerInterval <= 0:

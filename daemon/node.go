@@ -121,14 +121,11 @@ func applyRouteReflectorLabel(n *api.Node, label, globalRRID string) {
 }
 
 // heartbeat refreshes the node's status.
-func heartbeat(ctx context.Context, res *datastore.Resources, name, version string, conditions []api.NodeCondition) error {
+func heartbeat(ctx context.Context, res *datastore.Resources, name, version string, st api.NodeStatus) error {
 	_, err := modifyNode(ctx, res, name, func(n *api.Node) error {
-		if n.Status == nil {
-			n.Status = &api.NodeStatus{}
-		}
-		n.Status.AgentVersion = version
-		n.Status.LastHeartbeat = time.Now().UTC().Format(time.RFC3339)
-		n.Status.Conditions = conditions
+		st.AgentVersion = version
+		st.LastHeartbeat = time.Now().UTC().Format(time.RFC3339)
+		n.Status = &st
 		return nil
 	})
 	return err

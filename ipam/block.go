@@ -103,6 +103,16 @@ func (b *Block) release(n int) (Attribute, bool) {
 	return attr, true
 }
 
+// Allocated calls f with every allocated address of the block and its
+// owner, in address order.
+func (b *Block) Allocated(f func(netip.Addr, Attribute)) {
+	for n, p := range b.Allocations {
+		if p != nil && *p < len(b.Attributes) {
+			f(addrAt(b.CIDR, n), b.Attributes[*p])
+		}
+	}
+}
+
 // ordinalsOf returns the ordinals held by handle.
 func (b *Block) ordinalsOf(handle string) []int {
 	var out []int

@@ -117,7 +117,7 @@ func (c *cluster) agent(name string, extra ...string) *agent {
 	dir := filepath.Join(c.dir, name)
 	a := &agent{t: c.t, name: name, socket: filepath.Join(dir, "run", "cni.sock"), status: freeAddr(c.t)}
 	a.args = append([]string{
-		"--node-name", name, "--etcd-endpoints", c.endpoints(), "--kubernetes", "false",
+		"--node-name", name, "--etcd-endpoints", c.endpoints(), "--kubernetes", "false", "--networking", "none",
 		"--cni-socket", a.socket, "--status-addr", a.status, "--heartbeat-interval", "500ms",
 		"--default-ipv4-pool-cidr", "10.244.0.0/16", "--default-ipv4-pool-ipip", "Never",
 	}, extra...)

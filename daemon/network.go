@@ -1,0 +1,630 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/rhizome-net/rhizome/api"
+	"github.com/rhizome-net/rhizome/bgp"
+	"github.com/rhizome-net/rhizome/cni"
+	"github.com/rhizome-net/rhizome/daemon/cnisvc"
+	"github.com/rhizome-net/rhizome/daemon/nodestatus"
+	"github.com/rhizome-net/rhizome/dataplane"
+	"github.com/rhizome-net/rhizome/datastore"
+	"github.com/rhizome-net/rhizome/ipam"
+)
+
+// routeSettle bounds how long a starting agent waits for BGP to relearn
+// the routes before it deletes kernel routes nobody advertises any more.
+const routeSettle = 30 * time.Second
+
+// network is the node's routing: the embedded BGP speaker, reconciled to
+// the peers and advertisements the datastore implies, and the kernel
+// routes, tunl0 and natOutgoing table, reconciled to what BGP learned and
+// what the pools say.
+type network struct {
+	name    string
+	addr    netip.Prefix
+	store   datastore.Store
+	res     *datastore.Resources
+	alloc   *ipam.Allocator
+	log     *slog.Logger
+	reg     prometheus.Registerer
+	secrets bgp.PasswordResolver
+	st      *netState
+
+	bgpKick, kernelKick chan struct{}
+
+	// Owned by run.
+	speaker   *bgp.Speaker
+	local     bgp.Local
+	uplink    dataplane.Uplink
+	routes    *dataplane.RouteReconciler
+	tunnel    *dataplane.TunnelManager
+	nat       *dataplane.NATManager
+	natPools  []dataplane.Pool
+	natSet    bool
+	started   time.Time
+	routesSet bool
+	ipipLog   string
+
+	mu         sync.Mutex // guards what status and the callbacks share
+	learned    map[netip.Prefix]bgp.RouteEvent
+	peerStates map[netip.Addr]string
+	lastChange time.Time // of a learned route or a session
+	wantPeers  int
+	bgpErr     string
+	plan       dataplane.Plan
+	tunnelAddr netip.Addr
+	conditions []api.NodeCondition
+}
+
+func newNetwork(a *Agent, secrets bgp.PasswordResolver) *network {
+	return &network{
+		name: a.cfg.NodeName, addr: a.addr, store: a.store, res: a.res, alloc: a.alloc,
+		log: a.log.With("component", "network"), reg: a.reg, secrets: secrets,
+		st:      newNetState(a.cfg.NodeName),
+		bgpKick: make(chan struct{}, 1), kernelKick: make(chan struct{}, 1),
+		learned: map[netip.Prefix]bgp.RouteEvent{}, peerStates: map[netip.Addr]string{},
+	}
+}
+
+func kick(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// open prepares the kernel side: sysctls, the uplink, the reconcilers. It
+// fails when the node cannot route pods at all.
+func (n *network) open() error {
+	if err := dataplane.EnsureNodeSysctls(netns.None()); err != nil {
+		return fmt.Errorf("node sysctls (run rhizome-node privileged): %w", err)
+	}
+	up, err := findUplink(n.addr.Addr())
+	if err != nil {
+		return err
+	}
+	n.uplink = up
+	if n.routes, err = dataplane.NewRouteReconciler(netns.None(), dataplane.WithLogger(n.log)); err != nil {
+		return fmt.Errorf("route reconciler: %w", err)
+	}
+	if n.tunnel, err = dataplane.NewTunnelManager(netns.None()); err != nil {
+		n.routes.Close()
+		return fmt.Errorf("tunnel manager: %w", err)
+	}
+	n.nat = dataplane.NewNATManager(netns.None())
+	return nil
+}
+
+// findUplink is the device that carries the node's address.
+func findUplink(addr netip.Addr) (dataplane.Uplink, error) {
+	addrs, err := netlinksafe.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return dataplane.Uplink{}, fmt.Errorf("list addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == addr {
+			l, err := netlink.LinkByIndex(a.LinkIndex)
+			if err != nil {
+				return dataplane.Uplink{}, fmt.Errorf("uplink of %s: %w", addr, err)
+			}
+			return dataplane.DiscoverUplink(netns.None(), l.Attrs().Name)
+		}
+	}
+	return dataplane.Uplink{}, fmt.Errorf("node address %s is on no interface of this host: set RHIZOME_IP or RHIZOME_IP_AUTODETECTION_METHOD", addr)
+}
+
+// run follows the datastore and keeps BGP and the kernel in line until ctx
+// ends; then it stops the speaker without Cease (graceful restart) and
+// leaves every route in place for the next start.
+func (n *network) run(ctx context.Context) {
+	n.started = time.Now()
+	var synced sync.WaitGroup
+	var wg sync.WaitGroup
+	for _, f := range []struct {
+		prefix string
+		m      mirror
+	}{
+		{datastore.ResourcePrefix, n.st.resources()},
+		{ipam.BlockPrefix, n.st.blockMirror()},
+		{ipam.AffinityPrefix + n.name + "/", n.st.affinityMirror()},
+	} {
+		synced.Add(1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			follow(ctx, n.store, f.prefix, f.m, func() { kick(n.bgpKick) }, synced.Done, n.log)
+		}()
+	}
+	if n.routes != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = n.routes.Run(ctx) }()
+	}
+	defer func() {
+		n.stop()
+		wg.Wait()
+	}()
+	waitGroup(ctx, &synced)
+
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.bgpKick:
+			n.syncBGP(ctx)
+			n.syncKernel(ctx)
+		case <-n.kernelKick:
+			n.syncKernel(ctx)
+		case <-tick.C:
+			n.syncKernel(ctx)
+		}
+	}
+}
+
+func waitGroup(ctx context.Context, wg *sync.WaitGroup) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// stop leaves the routes and the sessions to the next start: the speaker
+// stops without Cease where graceful restart is on.
+func (n *network) stop() {
+	if n.speaker != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := n.speaker.Stop(sctx); err != nil {
+			n.log.Warn("stop BGP speaker", "err", err)
+		}
+	}
+	if n.routes != nil {
+		n.routes.Close()
+	}
+	if n.tunnel != nil {
+		n.tunnel.Close()
+	}
+}
+
+// syncBGP recomputes the node's identity, sessions and advertisements and
+// hands them to the speaker, which changes only what differs.
+func (n *network) syncBGP(ctx context.Context) {
+	in := n.st.snapshot()
+	if in.self == nil {
+		return // not registered yet
+	}
+	topo := bgp.Topology{Self: n.name, Nodes: in.nodes, Configs: in.configs, Peers: in.peers, Password: n.secrets}
+	local, err := bgp.LocalConfig(topo)
+	if err == nil {
+		err = n.ensureSpeaker(ctx, local)
+	}
+	var advs []bgp.Advertisement
+	var peers []bgp.Peer
+	if err == nil {
+		advs, err = bgp.Advertisements(bgp.Origin{NodeV4: n.addr.Addr(), NodeV6: addrOf(in.self.Spec.BGP, false),
+			Blocks: in.ownBlocks, Hosted: in.hosted, NoExport: noExport(in.pools)})
+	}
+	if err == nil {
+		peers, err = bgp.Peers(topo)
+	}
+	// Advertisements first: a session that comes up after a restart must
+	// find the table in place (graceful restart).
+	if err == nil {
+		err = n.speaker.SetAdvertisements(ctx, advs)
+	}
+	if err == nil {
+		err = n.speaker.SetPeers(ctx, peers)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.bgpErr = ""
+	if err != nil {
+		n.bgpErr = err.Error()
+		if ctx.Err() == nil {
+			n.log.Error("BGP", "err", err)
+		}
+		return
+	}
+	n.wantPeers = len(peers)
+}
+
+func addrOf(b *api.NodeBGPSpec, v4 bool) netip.Addr {
+	if b == nil {
+		return netip.Addr{}
+	}
+	s := b.IPv6Address
+	if v4 {
+		s = b.IPv4Address
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return p.Addr()
+}
+
+func noExport(pools []*api.IPPool) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range pools {
+		if c, err := netip.ParsePrefix(p.Spec.CIDR); err == nil && p.Spec.DisableBGPExport {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// ensureSpeaker starts the speaker, or restarts it when the node's router
+// ID, AS, addresses or port changed (the sessions must be re-established
+// then anyway).
+func (n *network) ensureSpeaker(ctx context.Context, local bgp.Local) error {
+	if n.speaker != nil && local.RouterID == n.local.RouterID && local.AS == n.local.AS &&
+		local.ListenPort == n.local.ListenPort && slices.Equal(local.Addresses, n.local.Addresses) {
+		n.mu.Lock()
+		n.local = local
+		n.mu.Unlock()
+		return nil
+	}
+	if n.speaker != nil {
+		n.log.Info("BGP identity changed: restarting the speaker", "as", local.AS, "routerID", local.RouterID, "port", local.ListenPort)
+		if err := n.speaker.Shutdown(ctx); err != nil {
+			n.log.Warn("stop BGP speaker", "err", err)
+		}
+		n.mu.Lock()
+		n.speaker = nil
+		n.mu.Unlock()
+	}
+	sp, err := bgp.Start(ctx, bgp.Config{RouterID: local.RouterID, AS: local.AS, ListenAddresses: local.Addresses, ListenPort: local.ListenPort},
+		bgp.WithLogger(n.log.With("component", "bgp")), bgp.WithRegisterer(n.reg), bgp.OnRoute(n.onRoute), bgp.OnPeer(n.onPeer))
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	n.speaker, n.local = sp, local
+	n.mu.Unlock()
+	n.log.Info("BGP speaker started", "as", local.AS, "routerID", local.RouterID, "port", local.ListenPort, "clusterID", local.ClusterID)
+	return nil
+}
+
+func (n *network) onRoute(e bgp.RouteEvent) {
+	n.mu.Lock()
+	if e.Withdrawn {
+		delete(n.learned, e.Prefix)
+	} else {
+		n.learned[e.Prefix] = e
+	}
+	n.lastChange = time.Now()
+	n.mu.Unlock()
+	kick(n.kernelKick)
+}
+
+func (n *network) onPeer(e bgp.PeerEvent) {
+	n.mu.Lock()
+	n.peerStates[e.Address] = e.State
+	n.lastChange = time.Now()
+	n.mu.Unlock()
+	kick(n.kernelKick)
+}
+
+// settled says whether BGP has relearned the routes since the start: every
+// session is up and nothing changed for a second, or routeSettle passed.
+// Until then the reconciler only adds and fixes routes, so a restart does
+// not delete routes that peers are about to send again.
+func (n *network) settled() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if time.Since(n.started) > routeSettle {
+		return true
+	}
+	up := 0
+	for _, s := range n.peerStates {
+		if s == bgp.StateEstablished {
+			up++
+		}
+	}
+	return n.bgpErr == "" && up >= n.wantPeers && time.Since(n.lastChange) > time.Second
+}
+
+// syncKernel computes the kernel routes from what BGP learned and hands
+// them to the reconciler; it keeps tunl0 and the NAT table in line too.
+func (n *network) syncKernel(ctx context.Context) {
+	if n.routes == nil {
+		return
+	}
+	in := n.st.snapshot()
+	if in.self == nil {
+		return
+	}
+	pools := dataplanePools(in.pools)
+	link, problem := n.syncTunnel(ctx, in, pools)
+	n.mu.Lock()
+	learned := make([]dataplane.LearnedRoute, 0, len(n.learned))
+	for _, e := range n.learned {
+		learned = append(learned, dataplane.LearnedRoute{Prefix: e.Prefix, NextHop: e.NextHop})
+	}
+	n.mu.Unlock()
+	plan := dataplane.Desired(dataplane.Input{Learned: learned, Pools: pools, Uplink: n.uplink, OwnBlocks: in.ownBlocks,
+		LocalPods: n.localPods(in.handles), Tunnel: link, TunnelProblem: problem})
+	if n.routesSet || n.settled() {
+		if !n.routesSet {
+			n.log.Info("BGP settled: programming routes", "routes", len(plan.Routes), "after", time.Since(n.started).Round(time.Millisecond))
+		}
+		n.routes.Set(plan.Routes)
+		n.routesSet = true
+	}
+	if !n.natSet || !slices.Equal(pools, n.natPools) {
+		if err := n.nat.Set(pools); err != nil {
+			n.log.Error("natOutgoing table", "err", err)
+		} else {
+			n.natPools, n.natSet = pools, true
+		}
+	}
+	var conds []api.NodeCondition
+	if problem != "" {
+		conds = append(conds, api.NodeCondition{Type: "IPIPUnavailable", Status: "True", Reason: "KernelHasNoIPIP", Message: problem})
+	}
+	n.mu.Lock()
+	n.plan, n.conditions = plan, conds
+	n.mu.Unlock()
+}
+
+func dataplanePools(pools []*api.IPPool) []dataplane.Pool {
+	var out []dataplane.Pool
+	for _, p := range pools {
+		c, err := netip.ParsePrefix(p.Spec.CIDR)
+		if err != nil {
+			continue
+		}
+		// Disabled pools keep their routes: only new allocations stop.
+		out = append(out, dataplane.Pool{Name: p.Name, CIDR: c, IPIPMode: p.Spec.IPIPMode, VXLANMode: p.Spec.VXLANMode,
+			NATOutgoing: p.Spec.NATOutgoing})
+	}
+	return out
+}
+
+// localPods are the pods wired by rhizome-cni on this node: host veths
+// carrying rhizome-cni's alias, with the addresses of their handle.
+func (n *network) localPods(handles map[string][]netip.Addr) []dataplane.LocalPod {
+	links, err := netlinksafe.LinkList()
+	if err != nil {
+		n.log.Warn("list links", "err", err)
+		return nil
+	}
+	var out []dataplane.LocalPod
+	for _, l := range links {
+		network, cid, ifName, ok := cni.ParseOwnerAlias(l.Attrs().Alias)
+		if !ok {
+			continue
+		}
+		for _, a := range handles[cnisvc.HandleID(network, cid, ifName)] {
+			out = append(out, dataplane.LocalPod{Addr: a, Link: dataplane.Link{Name: l.Attrs().Name, Index: l.Attrs().Index}})
+		}
+	}
+	return out
+}
+
+// tunnelHandle is the allocation handle of the node's IPIP tunnel address.
+func tunnelHandle(node string) string { return "ipip-tunnel-addr-" + node }
+
+// syncTunnel keeps tunl0 as the IPIP pools need it, and the node's tunnel
+// address allocated from an IPIP pool that selects the node. It returns
+// tunl0, or why IPIP routes cannot be installed.
+func (n *network) syncTunnel(ctx context.Context, in routingInput, pools []dataplane.Pool) (dataplane.Link, string) {
+	if !dataplane.NeedsIPIP(pools) {
+		n.setTunnelAddr(ctx, netip.Addr{})
+		if n.tunnelUp() {
+			if err := n.tunnel.Release(); err != nil {
+				n.log.Warn("release tunl0", "err", err)
+			}
+		}
+		return dataplane.Link{}, ""
+	}
+	var names []string
+	for _, p := range in.pools {
+		sel, err := api.ParseSelector(p.Spec.NodeSelector)
+		if err == nil && !p.Spec.Disabled && p.Spec.IPIPMode != "" && p.Spec.IPIPMode != api.EncapNever && sel.Matches(labels.Set(in.self.Labels)) {
+			names = append(names, p.Name)
+		}
+	}
+	addr := n.currentTunnelAddr()
+	if len(names) == 0 {
+		addr = netip.Addr{}
+	} else if !addr.IsValid() || !inPools(addr, in.pools, names) {
+		a, err := n.allocTunnelAddr(ctx, names)
+		if err != nil {
+			n.log.Error("allocate the IPIP tunnel address", "pools", names, "err", err)
+		}
+		addr = a
+	}
+	n.setTunnelAddr(ctx, addr)
+	link, err := n.tunnel.Ensure(dataplane.TunnelMTU(n.uplink.MTU), addr)
+	if err != nil {
+		msg := err.Error()
+		if errors.Is(err, dataplane.ErrNoIPIP) {
+			msg = fmt.Sprintf("pools %v: %s", ipipPools(pools), dataplane.ErrNoIPIP)
+		}
+		if msg != n.ipipLog {
+			n.log.Error("tunl0", "err", msg)
+			n.ipipLog = msg
+		}
+		return dataplane.Link{}, msg
+	}
+	n.ipipLog = ""
+	return link, ""
+}
+
+func ipipPools(pools []dataplane.Pool) []string {
+	var out []string
+	for _, p := range pools {
+		if p.IPIPMode == api.EncapAlways || p.IPIPMode == api.EncapCrossSubnet {
+			out = append(out, p.Name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func inPools(a netip.Addr, pools []*api.IPPool, names []string) bool {
+	for _, p := range pools {
+		if c, err := netip.ParsePrefix(p.Spec.CIDR); err == nil && c.Contains(a) && slices.Contains(names, p.Name) {
+			return true
+		}
+	}
+	return false
+}
+
+func (n *network) tunnelUp() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.tunnelAddr.IsValid()
+}
+
+func (n *network) currentTunnelAddr() netip.Addr {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.tunnelAddr
+}
+
+// allocTunnelAddr returns the node's tunnel address: the one its handle
+// already holds (after a restart), else a new one with use Tunnel.
+func (n *network) allocTunnelAddr(ctx context.Context, pools []string) (netip.Addr, error) {
+	h := tunnelHandle(n.name)
+	if have, err := ipam.ByHandle(ctx, n.store, h); err == nil && len(have) > 0 {
+		if in := n.st.snapshot(); inPools(have[0], in.pools, pools) {
+			return have[0], nil
+		}
+		if _, err := n.alloc.ReleaseHandle(ctx, h); err != nil {
+			return netip.Addr{}, err
+		}
+	}
+	got, err := n.alloc.AutoAssign(ctx, ipam.Request{Handle: h, Pools: pools, Use: api.UseTunnel})
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	return got[0].Addr, nil
+}
+
+// setTunnelAddr records the tunnel address in the Node (ipv4TunnelAddr)
+// and releases the old one when it changes.
+func (n *network) setTunnelAddr(ctx context.Context, addr netip.Addr) {
+	in := n.st.snapshot()
+	stored := ""
+	if in.self != nil && in.self.Spec.BGP != nil {
+		stored = in.self.Spec.BGP.IPv4TunnelAddr
+	}
+	want := ""
+	if addr.IsValid() {
+		want = addr.String()
+	}
+	n.mu.Lock()
+	n.tunnelAddr = addr
+	n.mu.Unlock()
+	if stored == want {
+		return
+	}
+	if !addr.IsValid() {
+		if _, err := n.alloc.ReleaseHandle(ctx, tunnelHandle(n.name)); err != nil {
+			n.log.Warn("release the IPIP tunnel address", "err", err)
+			return
+		}
+	}
+	if _, err := modifyNode(ctx, n.res, n.name, func(node *api.Node) error {
+		if node.Spec.BGP == nil {
+			node.Spec.BGP = &api.NodeBGPSpec{}
+		}
+		node.Spec.BGP.IPv4TunnelAddr = want
+		return nil
+	}); err != nil {
+		n.log.Warn("record the IPIP tunnel address in the Node", "addr", want, "err", err)
+		return
+	}
+	n.log.Info("IPIP tunnel address", "addr", want)
+}
+
+// peersUp counts established sessions, for the Node's status.
+func (n *network) peersUp() (up, total int) {
+	if n == nil {
+		return 0, 0
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, s := range n.peerStates {
+		if s == bgp.StateEstablished {
+			up++
+		}
+	}
+	return min(up, n.wantPeers), n.wantPeers
+}
+
+// nodeConditions are the conditions the Node's status carries.
+func (n *network) nodeConditions() []api.NodeCondition {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.Clone(n.conditions)
+}
+
+// report fills the BGP and dataplane parts of the status report.
+func (n *network) report(ctx context.Context, r *nodestatus.Report) {
+	r.Networking = "bgp"
+	n.mu.Lock()
+	r.Learned = len(n.learned)
+	r.BGPError = n.bgpErr
+	r.Conditions = slices.Clone(n.conditions)
+	plan := n.plan
+	if n.tunnelAddr.IsValid() {
+		r.TunnelAddress = n.tunnelAddr.String()
+	}
+	sp := n.speaker
+	local := n.local
+	n.mu.Unlock()
+	r.AS, r.ClusterID = local.AS, local.ClusterID
+	if local.RouterID.IsValid() {
+		r.RouterID = local.RouterID.String()
+	}
+	if sp != nil {
+		for _, a := range sp.Advertised() {
+			r.Advertised = append(r.Advertised, a.String())
+		}
+		peers, err := sp.Status(ctx)
+		if err != nil && r.BGPError == "" {
+			r.BGPError = err.Error()
+		}
+		for _, p := range peers {
+			r.Peers = append(r.Peers, nodestatus.Peer{Address: p.Address, Port: p.Port, AS: p.AS, Type: string(p.Type), Node: p.Node,
+				State: p.State, Since: p.Since, Info: p.Info, PrefixesReceived: p.PrefixesReceived, PrefixesAccepted: p.PrefixesAccepted,
+				PrefixesAdvertised: p.PrefixesAdvertised, Flaps: p.Flaps})
+		}
+	}
+	if n.routes != nil {
+		last := n.routes.Status()
+		rt := &nodestatus.Routes{LastSync: last.Time, Installed: last.Owned}
+		for _, u := range plan.Unroutable {
+			rt.Unroutable = append(rt.Unroutable, fmt.Sprintf("%s via %s (pool %s): %s", u.Prefix, u.NextHop, u.Pool, u.Reason))
+		}
+		for _, c := range last.Conflicts {
+			rt.Conflicts = append(rt.Conflicts, fmt.Sprintf("%s: %s", c.Prefix, c.Route))
+		}
+		for _, e := range last.Errors {
+			rt.Errors = append(rt.Errors, e.Error())
+		}
+		r.Routes = rt
+	}
+}
