@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -33,6 +34,7 @@ type Option func(*config)
 type config struct {
 	tls   bool
 	fsync bool
+	unix  bool
 }
 
 // WithTLS serves clients over TLS and requires a client certificate signed by a CA made for this server
@@ -48,11 +50,18 @@ func WithFsync() Option {
 	return func(c *config) { c.fsync = true }
 }
 
+// WithUnixSocket makes the server also serve clients on a unix socket (see
+// UnixEndpoint): processes in other network namespaces reach it there.
+func WithUnixSocket() Option {
+	return func(c *config) { c.unix = true }
+}
+
 // Server is one embedded etcd member.
 type Server struct {
 	dir   string
 	certs *certFiles // nil without TLS
 	fsync bool
+	unix  string // socket path when served on a unix socket too
 
 	mu  sync.Mutex
 	run *running // nil while stopped
@@ -70,6 +79,12 @@ func Start(t testing.TB, opts ...Option) *Server {
 	}
 	// TempDir before Cleanup: cleanups run last-in first-out, so the server stops before its directory goes.
 	s := &Server{dir: t.TempDir(), fsync: c.fsync}
+	if c.unix {
+		if c.tls {
+			t.Fatal("etcdtest: WithUnixSocket and WithTLS together are not supported")
+		}
+		s.unix = filepath.Join(s.dir, "etcd.sock")
+	}
 	scheme := "http"
 	if c.tls {
 		certs, err := writeCerts(t.TempDir())
@@ -100,6 +115,9 @@ func (s *Server) start() error {
 	cfg.Dir = s.dir
 	cfg.ListenClientUrls = []url.URL{s.clientURL}
 	cfg.AdvertiseClientUrls = []url.URL{s.clientURL}
+	if s.unix != "" {
+		cfg.ListenClientUrls = append(cfg.ListenClientUrls, url.URL{Scheme: "unix", Host: s.unix})
+	}
 	cfg.ListenPeerUrls = []url.URL{s.peerURL}
 	cfg.AdvertisePeerUrls = []url.URL{s.peerURL}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
@@ -137,6 +155,15 @@ func (s *Server) start() error {
 	s.clientURL.Host = e.Clients[0].Addr().String()
 	s.peerURL.Host = e.Peers[0].Addr().String()
 	return nil
+}
+
+// UnixEndpoint is the unix socket endpoint of a server started
+// WithUnixSocket ("unix:///path/etcd.sock"), empty otherwise.
+func (s *Server) UnixEndpoint() string {
+	if s.unix == "" {
+		return ""
+	}
+	return "unix://" + s.unix
 }
 
 // Endpoints are the server's client URLs, e.g. ["http://127.0.0.1:41234"]. They stay the same across
