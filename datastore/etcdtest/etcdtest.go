@@ -152,7 +152,11 @@ func (s *Server) start() error {
 	}
 	run.etcd = e
 	s.run = run
-	s.clientURL.Host = e.Clients[0].Addr().String()
+	for _, l := range e.Clients { // the TCP listener; a unix one may come first
+		if l.Addr().Network() == "tcp" {
+			s.clientURL.Host = l.Addr().String()
+		}
+	}
 	s.peerURL.Host = e.Peers[0].Addr().String()
 	return nil
 }

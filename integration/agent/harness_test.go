@@ -19,6 +19,7 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/rhizome-net/rhizome/cni/cnitest"
 	"github.com/rhizome-net/rhizome/datastore/etcdtest"
@@ -59,10 +60,15 @@ type cluster struct {
 	t    testing.TB
 	etcd *etcdtest.Server
 	dir  string
+	// agentEndpoints is what agents dial: etcd's TCP address, or its unix
+	// socket for agents in other network namespaces.
+	agentEndpoints string
 }
 
-func newCluster(t testing.TB) *cluster {
-	return &cluster{t: t, etcd: etcdtest.Start(t), dir: t.TempDir()}
+func newCluster(t testing.TB, opts ...etcdtest.Option) *cluster {
+	c := &cluster{t: t, etcd: etcdtest.Start(t, opts...), dir: t.TempDir()}
+	c.agentEndpoints = c.endpoints()
+	return c
 }
 
 func (c *cluster) endpoints() string { return strings.Join(c.etcd.Endpoints(), ",") }
@@ -79,6 +85,19 @@ func (c *cluster) ctl(args ...string) string {
 	return string(out)
 }
 
+// ctlStdin runs rhizomectl with stdin; it fails the test on error.
+func (c *cluster) ctlStdin(stdin string, args ...string) string {
+	c.t.Helper()
+	cmd := exec.Command(filepath.Join(binDir, "rhizomectl"), args...)
+	cmd.Env = append(os.Environ(), "RHIZOME_ETCD_ENDPOINTS="+c.endpoints())
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		c.t.Fatalf("rhizomectl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
 // agent is one rhizome-node process.
 type agent struct {
 	t      testing.TB
@@ -86,6 +105,8 @@ type agent struct {
 	args   []string
 	socket string
 	status string
+	// host is the network namespace the agent runs in; nil: the test's.
+	host ns.NetNS
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -114,10 +135,17 @@ func (s *syncBuffer) String() string {
 
 func (c *cluster) agent(name string, extra ...string) *agent {
 	c.t.Helper()
+	return c.agentIn(nil, name, extra...)
+}
+
+// agentIn runs the agent inside the network namespace host (nil: the
+// test's own).
+func (c *cluster) agentIn(host ns.NetNS, name string, extra ...string) *agent {
+	c.t.Helper()
 	dir := filepath.Join(c.dir, name)
-	a := &agent{t: c.t, name: name, socket: filepath.Join(dir, "run", "cni.sock"), status: freeAddr(c.t)}
+	a := &agent{t: c.t, name: name, socket: filepath.Join(dir, "run", "cni.sock"), status: freeAddr(c.t), host: host}
 	a.args = append([]string{
-		"--node-name", name, "--etcd-endpoints", c.endpoints(), "--kubernetes", "false", "--networking", "none",
+		"--node-name", name, "--etcd-endpoints", c.agentEndpoints, "--kubernetes", "false", "--networking", "none",
 		"--cni-socket", a.socket, "--status-addr", a.status, "--heartbeat-interval", "500ms",
 		"--default-ipv4-pool-cidr", "10.244.0.0/16", "--default-ipv4-pool-ipip", "Never",
 	}, extra...)
@@ -140,6 +168,9 @@ func (a *agent) start() {
 	a.t.Helper()
 	a.mu.Lock()
 	a.cmd = exec.Command(filepath.Join(binDir, "rhizome-node"), a.args...)
+	if a.host != nil { // ip execs the agent: the PID stays the agent's
+		a.cmd = exec.Command("ip", append([]string{"netns", "exec", filepath.Base(a.host.Path()), a.cmd.Path}, a.args...)...)
+	}
 	a.log = &syncBuffer{}
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
 	if err := a.cmd.Start(); err != nil {
@@ -206,6 +237,17 @@ func (a *agent) kill() {
 
 func (a *agent) get(path string) (int, string) {
 	c := http.Client{Timeout: 2 * time.Second}
+	if a.host != nil { // the status address is in the agent's namespace
+		c.Transport = &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var conn net.Conn
+			err := a.host.Do(func(ns.NetNS) error {
+				var err error
+				conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+				return err
+			})
+			return conn, err
+		}}
+	}
 	resp, err := c.Get("http://" + a.status + path)
 	if err != nil {
 		return 0, err.Error()
@@ -227,7 +269,12 @@ type runtime struct {
 
 func (a *agent) runtime() *runtime {
 	a.t.Helper()
-	n := cnitest.NewNode(a.t, binDir)
+	return a.runtimeOn(cnitest.NewNode(a.t, binDir))
+}
+
+// runtimeOn is a runtime whose plugins run in n's host namespace.
+func (a *agent) runtimeOn(n *cnitest.Node) *runtime {
+	a.t.Helper()
 	conf := cnitest.ConfList(a.t, "k8s-pod-network", map[string]any{"type": "rhizome-cni", "socket": a.socket, "mtu": 1400})
 	return &runtime{t: a.t, node: n, cni: n.CNI, conf: conf}
 }
