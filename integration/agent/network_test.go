@@ -152,6 +152,7 @@ func TestPrivilegedBGPNetworking(t *testing.T) {
 		}
 	}
 	n1 := l.nodes[0]
+	t.Logf("ip route show proto 94 on node-1 (mesh):\n%s", n1.routes(t))
 	var out string
 	eventually(t, "node-1 shows two mesh peers up", func() (bool, string) {
 		out = n1.status(t)
