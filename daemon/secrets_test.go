@@ -1,0 +1,57 @@
+package daemon
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/rhizome-net/rhizome/api"
+	"github.com/rhizome-net/rhizome/integration/kubetest"
+)
+
+func wantErr(t *testing.T, err error, parts ...string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("no error, want one mentioning %q", parts)
+	}
+	for _, p := range parts {
+		if !strings.Contains(err.Error(), p) {
+			t.Errorf("error %q does not mention %q", err, p)
+		}
+	}
+}
+
+// BGP passwords from a file, and from a Secret in a real kube-apiserver.
+func TestPasswords(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(f, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	noKube := (&Agent{cfg: Config{Namespace: "kube-system"}}).passwords()
+	if pw, err := noKube(api.SecretSource{File: f}); err != nil || pw != "s3cret" {
+		t.Fatalf("password file: %q, %v; want s3cret (trailing newline removed)", pw, err)
+	}
+	_, err := noKube(api.SecretSource{File: f + ".missing"})
+	wantErr(t, err, "password file", "pw.missing")
+	_, err = noKube(api.SecretSource{SecretKeyRef: &api.SecretKeySelector{Name: "bgp", Key: "pw"}})
+	wantErr(t, err, "kube-system/bgp", "without Kubernetes", "use a file")
+
+	k := kubetest.Start(t)
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "bgp-secrets"}, Data: map[string][]byte{"rr-password": []byte("from-secret")}}
+	if _, err := k.Client().CoreV1().Secrets("kube-system").Create(context.Background(), sec, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	withKube := (&Agent{cfg: Config{Namespace: "kube-system"}, kube: &kube{client: k.Client()}}).passwords()
+	if pw, err := withKube(api.SecretSource{SecretKeyRef: &api.SecretKeySelector{Name: "bgp-secrets", Key: "rr-password"}}); err != nil || pw != "from-secret" {
+		t.Fatalf("password from Secret: %q, %v; want from-secret", pw, err)
+	}
+	_, err = withKube(api.SecretSource{SecretKeyRef: &api.SecretKeySelector{Name: "bgp-secrets", Key: "other"}})
+	wantErr(t, err, "kube-system/bgp-secrets", `no key "other"`)
+	_, err = withKube(api.SecretSource{SecretKeyRef: &api.SecretKeySelector{Name: "absent", Key: "k"}})
+	wantErr(t, err, "kube-system/absent", "not found")
+}
