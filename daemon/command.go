@@ -14,6 +14,7 @@ import (
 // NewCommand is rhizome-node's command line.
 func NewCommand(version string, stderr io.Writer) *cobra.Command {
 	var cfg Config
+	var cleanup bool
 	cmd := &cobra.Command{
 		Use:   "rhizome-node",
 		Short: "rhizome's per-node agent: IPAM for the CNI plugin, node registration, the controller role",
@@ -34,6 +35,9 @@ help; a flag given on the command line wins.`,
 			if err != nil {
 				return err
 			}
+			if cleanup {
+				return Cleanup(log)
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
 			log.Info("starting rhizome-node", "version", version, "node", cfg.NodeName)
@@ -41,6 +45,7 @@ help; a flag given on the command line wins.`,
 		},
 	}
 	cfg.BindFlags(cmd.Flags(), os.Getenv)
+	cmd.Flags().BoolVar(&cleanup, "cleanup", false, "remove rhizome's routes, tunl0 address and natOutgoing table from this host, then exit (uninstall)")
 	return cmd
 }
 

@@ -12,8 +12,10 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netns"
 
 	"github.com/rhizome-net/rhizome/cni/cnitest"
+	"github.com/rhizome-net/rhizome/dataplane"
 	"github.com/rhizome-net/rhizome/datastore/etcdtest"
 )
 
@@ -278,5 +280,28 @@ spec:
 	}
 	if err := ping(t, pods[0], addrs[2]); err != nil {
 		t.Errorf("with an IPIP pool added, the Never pool's pods cannot talk: %v", err)
+	}
+
+	// Uninstall: rhizome-node --cleanup removes the routes it made (not
+	// the pods' own) and the natOutgoing table.
+	h, err := netns.GetFromPath(n1.cni.Host.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	nat := dataplane.NewNATManager(h)
+	if n, err := nat.NATRuleCount(); err != nil || n == 0 {
+		t.Errorf("natOutgoing rules on node-1 before the clean-up: %d, %v; want some (natOutgoing pools)", n, err)
+	}
+	n1.agent.stop()
+	if out, err := exec.Command("ip", "netns", "exec", n1.ns(), filepath.Join(binDir, "rhizome-node"), "--cleanup").CombinedOutput(); err != nil {
+		t.Fatalf("rhizome-node --cleanup: %v\n%s", err, out)
+	}
+	out = n1.routes(t)
+	if strings.Contains(out, "via") || strings.Contains(out, "blackhole") || !strings.Contains(out, addrs[0].String()+" dev rz") {
+		t.Errorf("after rhizome-node --cleanup node-1 should keep only its pod's route:\n%s", out)
+	}
+	if n, err := nat.NATRuleCount(); err != nil || n != 0 {
+		t.Errorf("natOutgoing rules after the clean-up: %d, %v; want none", n, err)
 	}
 }
