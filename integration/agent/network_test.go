@@ -282,6 +282,39 @@ spec:
 		t.Errorf("with an IPIP pool added, the Never pool's pods cannot talk: %v", err)
 	}
 
+	// Seed 004's mode changes on the default pool: Always, CrossSubnet,
+	// Never. Every change rewrites node-1's route to node-2's block and
+	// leaves no route of the old mode behind.
+	_, noIPIP := exec.Command("ip", "-n", n1.ns(), "link", "show", "tunl0").CombinedOutput()
+	direct := fmt.Sprintf("%s via %s dev eth0", block(addrs[1]), l.nodes[1].addr.Addr())
+	for _, mode := range []string{"Always", "CrossSubnet", "Never"} {
+		l.c.ctl("patch", "ippool", "default-ipv4-ippool", "-p", fmt.Sprintf(`{"spec": {"ipipMode": %q}}`, mode))
+		eventually(t, "node-1's route to node-2's block in mode "+mode, func() (bool, string) {
+			out := n1.routes(t)
+			has := strings.Count(out, block(addrs[1]).String()+" ")
+			switch {
+			case mode != "Always":
+				return has == 1 && strings.Contains(out, direct), out
+			case noIPIP != nil: // this kernel: reported, not installed
+				st := n1.status(t)
+				return has == 0 && strings.Contains(st, "not installed: "+block(addrs[1]).String()), out + st
+			default:
+				return has == 1 && strings.Contains(out, "dev tunl0 onlink"), out
+			}
+		})
+	}
+
+	// The IPIP pool no longer selects node-1: its tunnel address is
+	// released and the Node forgets it.
+	l.c.ctl("patch", "ippool", "ipip-ippool", "-p", `{"spec": {"nodeSelector": "rack == 'none'"}}`)
+	eventually(t, "node-1's tunnel address released", func() (bool, string) {
+		y := l.c.ctl("get", "node", "node-1", "-o", "yaml")
+		return !strings.Contains(y, "ipv4TunnelAddr"), y
+	})
+	if out := l.c.ctl("ipam", "show", "--ip", tunnelAddr.String()); strings.Contains(out, "Tunnel") {
+		t.Errorf("the tunnel address %s is still allocated after the pool stopped selecting node-1:\n%s", tunnelAddr, out)
+	}
+
 	// Uninstall: rhizome-node --cleanup removes the routes it made (not
 	// the pods' own) and the natOutgoing table.
 	h, err := netns.GetFromPath(n1.cni.Host.Path())
