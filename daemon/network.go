@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -52,6 +53,7 @@ type network struct {
 	speaker   *bgp.Speaker
 	local     bgp.Local
 	uplink    dataplane.Uplink
+	others    []dataplane.Uplink
 	routes    *dataplane.RouteReconciler
 	tunnel    *dataplane.TunnelManager
 	nat       *dataplane.NATManager
@@ -100,6 +102,7 @@ func (n *network) open() error {
 		return err
 	}
 	n.uplink = up
+	n.others = otherLinks(up)
 	if n.routes, err = dataplane.NewRouteReconciler(netns.None(), dataplane.WithLogger(n.log)); err != nil {
 		return fmt.Errorf("route reconciler: %w", err)
 	}
@@ -127,6 +130,26 @@ func findUplink(addr netip.Addr) (dataplane.Uplink, error) {
 		}
 	}
 	return dataplane.Uplink{}, fmt.Errorf("node address %s is on no interface of this host: set RHIZOME_IP or RHIZOME_IP_AUTODETECTION_METHOD", addr)
+}
+
+// otherLinks are the devices besides the uplink that have global
+// addresses (the legs of a router node), but not pods' veths or tunl0.
+func otherLinks(up dataplane.Uplink) []dataplane.Uplink {
+	links, err := netlinksafe.LinkList()
+	if err != nil {
+		return nil
+	}
+	var out []dataplane.Uplink
+	for _, l := range links {
+		a := l.Attrs()
+		if a.Index == up.Index || a.Name == "lo" || a.Name == dataplane.TunnelDevice || strings.HasPrefix(a.Name, "rz") {
+			continue
+		}
+		if o, err := dataplane.DiscoverUplink(netns.None(), a.Name); err == nil && len(o.Addrs) > 0 {
+			out = append(out, o)
+		}
+	}
+	return out
 }
 
 // run follows the datastore and keeps BGP and the kernel in line until ctx
@@ -361,7 +384,7 @@ func (n *network) syncKernel(ctx context.Context) {
 		learned = append(learned, dataplane.LearnedRoute{Prefix: e.Prefix, NextHop: e.NextHop})
 	}
 	n.mu.Unlock()
-	plan := dataplane.Desired(dataplane.Input{Learned: learned, Pools: pools, Uplink: n.uplink, OwnBlocks: in.ownBlocks,
+	plan := dataplane.Desired(dataplane.Input{Learned: learned, Pools: pools, Uplink: n.uplink, Others: n.others, OwnBlocks: in.ownBlocks,
 		LocalPods: n.localPods(in.handles), Tunnel: link, TunnelProblem: problem})
 	if n.routesSet || n.settled() {
 		if !n.routesSet {

@@ -66,9 +66,13 @@ type LocalPod struct {
 // Input is everything Desired needs; the agent fills it from the
 // datastore and from BGP.
 type Input struct {
-	Learned   []LearnedRoute
-	Pools     []Pool
-	Uplink    Uplink
+	Learned []LearnedRoute
+	Pools   []Pool
+	Uplink  Uplink
+	// Others are the node's other devices with addresses (a router node
+	// between racks has one per rack): a next hop on one of their
+	// subnets is on link through that device.
+	Others    []Uplink
 	OwnBlocks []netip.Prefix
 	LocalPods []LocalPod
 	// Tunnel is tunl0 when it is up in this namespace; Index 0 means IPIP
@@ -219,8 +223,13 @@ func routeFor(in Input, pfx netip.Prefix, nh netip.Addr) (Route, string, string)
 	case isOwnAddr(in.Uplink.Addrs, nh):
 		return Route{}, fmt.Sprintf("next hop %s is this node's own address", nh), pool.Name
 	}
-	onLink := onLocalSubnet(in.Uplink.Addrs, nh)
-	direct := Route{Prefix: pfx, Kind: Direct, Gateway: nh, Link: in.Uplink.Link}
+	link, onLink := in.Uplink.Link, onLocalSubnet(in.Uplink.Addrs, nh)
+	for _, o := range in.Others {
+		if !onLink && onLocalSubnet(o.Addrs, nh) && !isOwnAddr(o.Addrs, nh) {
+			link, onLink = o.Link, true
+		}
+	}
+	direct := Route{Prefix: pfx, Kind: Direct, Gateway: nh, Link: link}
 	tunnel := Route{Prefix: pfx, Kind: Tunnel, Gateway: nh, Link: in.Tunnel}
 
 	ipip, vxlan := api.EncapNever, api.EncapNever

@@ -74,6 +74,21 @@ func TestDesired(t *testing.T) {
 			},
 		},
 		{
+			name: "router between racks: a next hop on another device's subnet goes through that device",
+			in: Input{
+				Pools:  []Pool{pool("192.168.0.0/16", api.EncapNever, "")},
+				Uplink: v4Uplink,
+				Others: []Uplink{{Link: Link{Name: "rack1", Index: 7}, Addrs: []netip.Prefix{pfx("10.0.2.254/24")}}},
+				Learned: []LearnedRoute{{pfx("192.168.1.0/26"), ip("10.0.1.6")}, {pfx("192.168.2.0/26"), ip("10.0.2.7")},
+					{pfx("192.168.3.0/26"), ip("10.0.3.8")}},
+			},
+			routes: []string{
+				"192.168.1.0/26 via 10.0.1.6 dev eth0",
+				"192.168.2.0/26 via 10.0.2.7 dev rack1",
+			},
+			unroutable: []string{"192.168.3.0/26"},
+		},
+		{
 			name: "v4 Never: on-link direct, off-link reported and not installed",
 			in: Input{
 				Pools:   []Pool{pool("192.168.0.0/16", api.EncapNever, "")},
