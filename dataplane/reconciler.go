@@ -80,9 +80,10 @@ func NewRouteReconciler(ns netns.NsHandle, opts ...ReconcilerOption) (*RouteReco
 // Close releases the netlink handle. Routes stay in the kernel.
 func (r *RouteReconciler) Close() { r.h.Close() }
 
-// Set replaces the desired routes and asks Run for a sync. The first call
-// also means "the desired state is complete": only then are stale routes
-// deleted.
+// Set replaces the desired routes and asks Run for a sync, which writes
+// only what differs from the image of the table (cheap enough to call on
+// every change). The first call also means "the desired state is
+// complete": only then are stale routes deleted.
 func (r *RouteReconciler) Set(routes []Route) {
 	want := make(map[netip.Prefix]Route, len(routes))
 	for _, rt := range routes {
