@@ -13,7 +13,7 @@ STATICCHECK := $(CACHE)/staticcheck-$(STATICCHECK_VERSION)/staticcheck
 TEST_FLAGS  ?= -race -count=1 -timeout 25m
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build test test-short lint fuzz bench bench-ipam bench-dataplane bench-cni bench-bgp bench-agent clean kernel-deps test-kernel lab lab-up lab-down
+.PHONY: all build test test-short lint fuzz bench bench-ipam bench-dataplane bench-cni bench-bgp bench-agent clean kernel-deps test-kernel lab lab-up lab-down lab-bin
 
 all: build
 
@@ -135,13 +135,22 @@ bench-cni:
 clean:
 	rm -rf $(BIN)
 
-## lab, lab-up, lab-down: the multi-node lab of issue 7 (the seed 000 cluster in network namespaces).
-## Not built yet: the agent's BGP and dataplane wiring it needs come first. Until then the pieces
-## run on their own: make test (agent + CNI + IPAM end to end, BGP sessions, dataplane in namespaces).
-lab lab-up lab-down:
-	@echo "make $@: the lab (issue 7) is not built yet: rhizome-node does not run BGP and the dataplane yet." >&2
-	@echo "What runs today: make test (agent, CNI, IPAM, BGP and dataplane each against real parts)." >&2
-	@exit 2
+## lab: the seed 000 cluster (4 nodes in 2 racks, a router that is the route reflector, 5 pods) in
+## network namespaces with the real binaries: up, report, every pod pair over TCP, PASS/FAIL, down.
+## KEEP=1 leaves it up (then make lab-down). Needs root and iproute2; builds what it needs.
+lab: lab-bin
+	@$(BIN)/rhizome-lab run --bin-dir $(BIN) $(if $(KEEP),--keep)
+
+## lab-up / lab-down: bring the lab up and leave it; take it down (its processes by PID, its namespaces)
+lab-up: lab-bin
+	@$(BIN)/rhizome-lab up --bin-dir $(BIN)
+
+lab-down:
+	@$(BIN)/rhizome-lab down --bin-dir $(BIN)
+
+lab-bin: build
+	@CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/rhizome-lab ./integration/lab/cmd/rhizome-lab
+
 ## bgp-deps: BIRD 2 and FRR for the BGP interop tests (apt-get install when missing).
 ## Under make the interop tests fail, not skip, when they are missing.
 .PHONY: bgp-deps

@@ -72,6 +72,7 @@ type network struct {
 	plan       dataplane.Plan
 	tunnelAddr netip.Addr
 	conditions []api.NodeCondition
+	programmed bool // routesSet, for status
 }
 
 func newNetwork(a *Agent, secrets bgp.PasswordResolver) *network {
@@ -393,6 +394,9 @@ func (n *network) syncKernel(ctx context.Context) {
 		n.routes.Set(plan.Routes)
 		n.routesSet = true
 	}
+	n.mu.Lock()
+	n.programmed = n.routesSet
+	n.mu.Unlock()
 	if !n.natSet || !slices.Equal(pools, n.natPools) {
 		if err := n.nat.Set(pools); err != nil {
 			n.log.Error("natOutgoing table", "err", err)
@@ -617,6 +621,7 @@ func (n *network) report(ctx context.Context, r *nodestatus.Report) {
 	}
 	sp := n.speaker
 	local := n.local
+	programmed := n.programmed
 	n.mu.Unlock()
 	r.AS, r.ClusterID = local.AS, local.ClusterID
 	if local.RouterID.IsValid() {
@@ -638,7 +643,7 @@ func (n *network) report(ctx context.Context, r *nodestatus.Report) {
 	}
 	if n.routes != nil {
 		last := n.routes.Status()
-		rt := &nodestatus.Routes{LastSync: last.Time, Installed: last.Owned}
+		rt := &nodestatus.Routes{Programmed: programmed, LastSync: last.Time, Installed: last.Owned}
 		for _, u := range plan.Unroutable {
 			rt.Unroutable = append(rt.Unroutable, fmt.Sprintf("%s via %s (pool %s): %s", u.Prefix, u.NextHop, u.Pool, u.Reason))
 		}

@@ -93,6 +93,12 @@ func (e *nsExec) FindInPath(plugin string, paths []string) (string, error) {
 	return invoke.FindInPath(plugin, paths)
 }
 
+// Exec is a libcni executor that runs plugins inside host, for runtimes
+// outside tests (the lab).
+func Exec(host ns.NetNS) invoke.Exec {
+	return &nsExec{host: host, raw: invoke.RawExec{Stderr: os.Stderr}}
+}
+
 // Node is a host namespace with a libcni runtime that runs plugins in it.
 type Node struct {
 	t    testing.TB
@@ -103,7 +109,7 @@ type Node struct {
 func NewNode(t testing.TB, paths ...string) *Node {
 	t.Helper()
 	host := NewNS(t)
-	ex := &nsExec{host: host, raw: invoke.RawExec{Stderr: os.Stderr}}
+	ex := Exec(host)
 
 	n := &Node{t: t, Host: host, CNI: libcni.NewCNIConfigWithCacheDir(paths, t.TempDir(), ex)}
 	n.InHost(func() error {

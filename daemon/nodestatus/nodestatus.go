@@ -70,8 +70,11 @@ type Peer struct {
 
 // Routes is what the route reconciler last did and saw.
 type Routes struct {
-	LastSync  time.Time `json:"lastSync,omitzero"`
-	Installed int       `json:"installed"`
+	// Programmed is false while a starting agent waits for BGP to settle:
+	// until then routes are added but none is deleted.
+	Programmed bool      `json:"programmed"`
+	LastSync   time.Time `json:"lastSync,omitzero"`
+	Installed  int       `json:"installed"`
 	// Unroutable are learned prefixes not installed, with the reason.
 	Unroutable []string `json:"unroutable,omitempty"`
 	// Conflicts are routes of other protocols for prefixes rhizome wants,

@@ -1,0 +1,113 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rhizome-net/rhizome/cni/cnitest"
+)
+
+func TestSeed000TopologyAndErrors(t *testing.T) {
+	topo := Seed000()
+	if len(topo.Racks) != 2 || len(topo.Nodes) != 4 || topo.Router.RouteReflectorClusterID != "244.0.0.1" || topo.Workloads[0].Replicas != 5 {
+		t.Fatalf("seed 000 topology: %+v", topo)
+	}
+	for _, c := range []struct{ yaml, want string }{
+		{"racks: [{name: r, subnet: 10.0.0.1/24}]\nrouter: {name: x}\nnodes: [{name: node-a, rack: r}]", `rack "r": subnet "10.0.0.1/24"`},
+		{"racks: [{name: r, subnet: 10.0.0.0/24}]\nrouter: {name: x}\nnodes: [{name: node-a, rack: q}]", `node "node-a": rack "q" is not among the racks`},
+		{"racks: [{name: r, subnet: 10.0.0.0/24}]\nrouter: {name: x}\nnodes: [{name: x, rack: r}]", `node name "x" is empty, repeated`},
+		{"racks: [{name: r, subnet: 10.0.0.0/24}]\nrouter: {name: x}\nnodes: [{name: node-a, rack: r}]\nworkloads: [{name: w, replicas: 1}]", `workload "w"`},
+		{"racks: []\nrouter: {name: x}\nnodes: [{name: node-a, rack: r}]\nbogus: 1", `unknown field "bogus"`},
+	} {
+		_, err := ParseTopology([]byte(c.yaml))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("ParseTopology(%q) = %v, want an error with %q", c.yaml, err, c.want)
+		}
+	}
+	if got := rackAddr("10.0.1.0/24", -2); got != netip.MustParsePrefix("10.0.1.254/24") {
+		t.Errorf("router address of 10.0.1.0/24: %s", got)
+	}
+}
+
+// TestPrivilegedSeed000Lab is end-to-end scenario 1: the seed 000 lab with
+// the real binaries. Pods get addresses from their rack's pool only, every
+// pod reaches every other over TCP, and the router (the route reflector)
+// has one route per block, through the rack the block lives in.
+func TestPrivilegedSeed000Lab(t *testing.T) {
+	cnitest.NeedRoot(t)
+	bin := t.TempDir()
+	for pkg, name := range map[string]string{"../../cmd/rhizome-node": "rhizome-node", "../../cmd/rhizome-cni": "rhizome-cni",
+		"../../cmd/rhizomectl": "rhizomectl", "./cmd/rhizome-lab": "rhizome-lab"} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, name), pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", name, err, out)
+		}
+	}
+	var log strings.Builder
+	opts := Options{BinDir: bin, StateDir: filepath.Join(t.TempDir(), "lab"), Prefix: fmt.Sprintf("rzt%d-", os.Getpid()%100000), Log: &log}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	l, err := Up(ctx, Seed000(), opts)
+	if err != nil {
+		t.Fatalf("lab up: %v\n%s", err, log.String())
+	}
+	t.Cleanup(func() {
+		if err := l.Down(); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+		if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), opts.Prefix) {
+			t.Errorf("namespaces left after lab down:\n%s", out)
+		}
+	})
+
+	rackPool := map[string]string{"kube-node-0": "192.168.0.0/24", "kube-node-1": "192.168.0.0/24", "kube-node-2": "192.168.1.0/24", "kube-node-3": "192.168.1.0/24"}
+	blocks := map[netip.Prefix]string{}
+	for _, p := range l.State().Pods {
+		if !netip.MustParsePrefix(rackPool[p.Node]).Contains(p.IP) {
+			t.Errorf("pod %s on %s got %s, outside its rack's pool %s", p.Name, p.Node, p.IP, rackPool[p.Node])
+		}
+		b, _ := p.IP.Prefix(26)
+		blocks[b] = p.Node
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
+	defer wcancel()
+	if took, fails := l.WaitConnected(wctx); len(fails) > 0 {
+		t.Fatalf("after %s, %d pod pairs cannot connect: %v", took, len(fails), fails)
+	}
+	routes, err := l.Routes("router")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for b, node := range blocks {
+		var addr netip.Prefix
+		for _, n := range l.State().Nodes {
+			if n.Name == node {
+				addr = n.Addr
+			}
+		}
+		rack := "rack-0"
+		if rackPool[node] == "192.168.1.0/24" {
+			rack = "rack-1"
+		}
+		if want := fmt.Sprintf("%s via %s dev %s", b, addr.Addr(), rack); strings.Count(routes, b.String()+" ") != 1 || !strings.Contains(routes, want) {
+			t.Errorf("router: want exactly one route for block %s (%s); routes:\n%s", b, want, routes)
+		}
+	}
+	var report strings.Builder
+	if err := l.Report(&report); err != nil {
+		t.Fatalf("report: %v\n%s", err, report.String())
+	}
+	for _, want := range []string{"nginx-4", "rack-1-ippool", "IPv4 BGP status", "route reflector", "blackhole"} {
+		if !strings.Contains(report.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, report.String())
+		}
+	}
+}
