@@ -508,3 +508,30 @@ func TestMultipleAddressesPerHandle(t *testing.T) {
 		t.Fatalf("release: %d, %v", len(rel), err)
 	}
 }
+
+// A release by handle must not trust a cached block that lacks the
+// handle's address: porcupine found an allocation whose write landed while
+// its response was lost (etcd restarting) and whose release then freed
+// nothing, dropped the handle and leaked the address. Here a second
+// allocator of the same node, started before the allocation, stands in
+// for the allocator that never learned of its own write (a fault that
+// cannot be caused on demand otherwise).
+func TestReleaseHandleDoesNotTrustAStaleCachedBlock(t *testing.T) {
+	c := newCluster(t)
+	c.apply(newTestPool("p", "10.0.0.0/24", 26))
+	ctx := context.Background()
+	a := c.allocator("node-a")
+	assign(t, a, "first") // claims the block
+	stale := c.allocator("node-a")
+	got := assign(t, a, "h")
+	rel, err := stale.ReleaseHandle(ctx, "h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rel) != 1 || rel[0] != got.Addr {
+		t.Fatalf("release of h through the allocator with a stale cache freed %v, want [%s]", rel, got.Addr)
+	}
+	if info, err := LookupAddress(ctx, c.store(), got.Addr); err != nil || info.Status != AddressFree {
+		t.Fatalf("after the release %s is %+v (%v), want free", got.Addr, info, err)
+	}
+}

@@ -374,7 +374,24 @@ func (p *plan) planRelease(handle string) ([]netip.Addr, error) {
 			h.changed = true
 			continue
 		}
-		for _, n := range w.b.ordinalsOf(handle) {
+		ords := w.b.ordinalsOf(handle)
+		if len(ords) != h.h.Blocks[key] {
+			// The stored handle and the cached block disagree: an
+			// allocation whose outcome this allocator never learned (a
+			// write cut off by an etcd restart) is in the store but not in
+			// the cache. Releasing nothing on that copy would drop the
+			// handle's record and leak the address.
+			if w, err = p.verified(cidr); err != nil {
+				return nil, err
+			}
+			if w == nil {
+				delete(h.h.Blocks, key)
+				h.changed = true
+				continue
+			}
+			ords = w.b.ordinalsOf(handle)
+		}
+		for _, n := range ords {
 			if _, err := p.release(w, n); err != nil {
 				return nil, err
 			}

@@ -130,9 +130,6 @@ func (l *Lab) network(_ context.Context, topo *Topology) error {
 	if err != nil {
 		return err
 	}
-	if err := run("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
-		return err
-	}
 	gateway := map[string]netip.Prefix{}
 	for i, r := range topo.Racks {
 		br, leg := fmt.Sprintf("br%d", i), fmt.Sprintf("rt%d", i)
