@@ -62,6 +62,7 @@ type network struct {
 	started   time.Time
 	routesSet bool
 	ipipLog   string
+	tunnelOn  bool // tunl0 was made ready for IPIP pools
 
 	mu         sync.Mutex // guards what status and the callbacks share
 	learned    map[netip.Prefix]bgp.RouteEvent
@@ -185,6 +186,8 @@ func (n *network) run(ctx context.Context) {
 	}()
 	waitGroup(ctx, &synced)
 
+	// The tick waits for BGP to settle after the start, then retries what
+	// events do not announce (a failed tunl0, a pod's veth appearing).
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -198,6 +201,9 @@ func (n *network) run(ctx context.Context) {
 			n.syncKernel(ctx)
 		case <-tick.C:
 			n.syncKernel(ctx)
+			if n.routesSet {
+				tick.Reset(10 * time.Second)
+			}
 		}
 	}
 }
@@ -457,9 +463,11 @@ func tunnelHandle(node string) string { return "ipip-tunnel-addr-" + node }
 func (n *network) syncTunnel(ctx context.Context, in routingInput, pools []dataplane.Pool) (dataplane.Link, string) {
 	if !dataplane.NeedsIPIP(pools) {
 		n.setTunnelAddr(ctx, netip.Addr{})
-		if n.tunnelUp() {
+		if n.tunnelOn {
 			if err := n.tunnel.Release(); err != nil {
 				n.log.Warn("release tunl0", "err", err)
+			} else {
+				n.tunnelOn = false
 			}
 		}
 		return dataplane.Link{}, ""
@@ -495,6 +503,7 @@ func (n *network) syncTunnel(ctx context.Context, in routingInput, pools []datap
 		return dataplane.Link{}, msg
 	}
 	n.ipipLog = ""
+	n.tunnelOn = true
 	return link, ""
 }
 
@@ -516,12 +525,6 @@ func inPools(a netip.Addr, pools []*api.IPPool, names []string) bool {
 		}
 	}
 	return false
-}
-
-func (n *network) tunnelUp() bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.tunnelAddr.IsValid()
 }
 
 func (n *network) currentTunnelAddr() netip.Addr {
