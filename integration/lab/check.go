@@ -89,15 +89,18 @@ func (l *Lab) Routes(node string) (string, error) {
 }
 
 // NodeStatus runs `rhizomectl node status` on a node.
-func (l *Lab) NodeStatus(node string) (string, error) {
+func (l *Lab) NodeStatus(node string, args ...string) (string, error) {
 	for _, n := range l.st.Nodes {
 		if n.Name == node {
-			out, err := exec.Command("ip", "netns", "exec", n.NetNS, l.bin("rhizomectl"), "node", "status", "--status-addr", statusAddr).CombinedOutput()
+			cmd := exec.Command("ip", append([]string{"netns", "exec", n.NetNS, l.bin("rhizomectl"), "node", "status", "--status-addr", statusAddr}, args...)...)
+			out, err := cmd.CombinedOutput()
 			return string(out), err
 		}
 	}
 	return "", fmt.Errorf("no node %q in the lab", node)
 }
+
+func (l *Lab) nodeStatusWide(node string) (string, error) { return l.NodeStatus(node, "-o", "wide") }
 
 // Ctl runs rhizomectl against the lab's datastore.
 func (l *Lab) Ctl(args ...string) (string, error) { return l.ctl("", args...) }

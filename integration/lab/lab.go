@@ -50,8 +50,10 @@ type State struct {
 
 // Proc is a process the lab started.
 type Proc struct {
-	Name string `json:"name"`
-	PID  int    `json:"pid"`
+	Name  string   `json:"name"`
+	PID   int      `json:"pid"`
+	NetNS string   `json:"netns"`
+	Args  []string `json:"args"` // binary and arguments, for a restart
 }
 
 // NodeState is one node (or the router) as built.
@@ -159,9 +161,66 @@ func (l *Lab) start(name, netns, bin string, args ...string) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", name, err)
 	}
-	l.st.Procs = append(l.st.Procs, Proc{Name: name, PID: cmd.Process.Pid})
+	p := Proc{Name: name, PID: cmd.Process.Pid, NetNS: netns, Args: append([]string{bin}, args...)}
+	replaced := false
+	for i := range l.st.Procs {
+		if l.st.Procs[i].Name == name {
+			l.st.Procs[i], replaced = p, true
+		}
+	}
+	if !replaced {
+		l.st.Procs = append(l.st.Procs, p)
+	}
 	go func() { _ = cmd.Wait() }() // reap it if it ends while we run
 	return l.save()
+}
+
+// Kill stops a process of the lab the hard way (SIGKILL), as a lost node
+// would stop.
+func (l *Lab) Kill(name string) error {
+	for _, p := range l.st.Procs {
+		if p.Name == name && l.ours(p.PID) {
+			return syscall.Kill(p.PID, syscall.SIGKILL)
+		}
+	}
+	return fmt.Errorf("no running process %q in the lab", name)
+}
+
+// Restart stops a process of the lab (SIGTERM, as a DaemonSet update
+// would) and starts it again with the same arguments; for an agent it
+// waits until the new one is ready.
+func (l *Lab) Restart(ctx context.Context, name string) error {
+	var p Proc
+	for _, q := range l.st.Procs {
+		if q.Name == name {
+			p = q
+		}
+	}
+	if p.PID == 0 {
+		return fmt.Errorf("no process %q in the lab", name)
+	}
+	if l.ours(p.PID) {
+		if err := syscall.Kill(p.PID, syscall.SIGTERM); err != nil {
+			return err
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); l.ours(p.PID); {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s (pid %d) still runs 10s after SIGTERM", name, p.PID)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := l.start(name, p.NetNS, p.Args[0], p.Args[1:]...); err != nil {
+		return err
+	}
+	for _, n := range l.st.Nodes {
+		if n.Name == name {
+			rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			return agentReady(rctx, n.NetNS)
+		}
+	}
+	return nil
 }
 
 // inNS runs f on a thread inside the namespace: sockets it opens stay

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,25 +37,46 @@ func TestSeed000TopologyAndErrors(t *testing.T) {
 	}
 }
 
-// TestPrivilegedSeed000Lab is end-to-end scenario 1: the seed 000 lab with
-// the real binaries. Pods get addresses from their rack's pool only, every
-// pod reaches every other over TCP, and the router (the route reflector)
-// has one route per block, through the rack the block lives in.
-func TestPrivilegedSeed000Lab(t *testing.T) {
-	cnitest.NeedRoot(t)
-	bin := t.TempDir()
-	for pkg, name := range map[string]string{"../../cmd/rhizome-node": "rhizome-node", "../../cmd/rhizome-cni": "rhizome-cni",
-		"../../cmd/rhizomectl": "rhizomectl", "./cmd/rhizome-lab": "rhizome-lab"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, name), pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", name, err, out)
+var (
+	binDir string
+	labs   atomic.Int32 // numbers the labs of one run: unique namespace names
+)
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		if os.Geteuid() != 0 {
+			return m.Run() // the privileged tests skip with the reason
 		}
-	}
+		dir, err := os.MkdirTemp("", "rhizome-lab-bin")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		for pkg, name := range map[string]string{"../../cmd/rhizome-node": "rhizome-node", "../../cmd/rhizome-cni": "rhizome-cni",
+			"../../cmd/rhizomectl": "rhizomectl", "./cmd/rhizome-lab": "rhizome-lab"} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", name, err, out)
+				return 1
+			}
+		}
+		binDir = dir
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// upLab brings the seed 000 lab up for one test and takes it down after,
+// checking that no namespace is left.
+func upLab(t *testing.T) (*Lab, context.Context) {
+	t.Helper()
+	cnitest.NeedRoot(t)
 	var log strings.Builder
-	opts := Options{BinDir: bin, StateDir: filepath.Join(t.TempDir(), "lab"), Prefix: fmt.Sprintf("rzt%d-", os.Getpid()%100000), Log: &log}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	opts := Options{BinDir: binDir, StateDir: filepath.Join(t.TempDir(), "lab"), Prefix: fmt.Sprintf("rzt%d-%d-", os.Getpid()%100000, labs.Add(1)), Log: &log}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	t.Cleanup(cancel)
 	l, err := Up(ctx, Seed000(), opts)
 	if err != nil {
 		t.Fatalf("lab up: %v\n%s", err, log.String())
@@ -67,7 +89,24 @@ func TestPrivilegedSeed000Lab(t *testing.T) {
 			t.Errorf("namespaces left after lab down:\n%s", out)
 		}
 	})
+	return l, ctx
+}
 
+func waitConnected(t *testing.T, ctx context.Context, l *Lab, what string) {
+	t.Helper()
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if took, fails := l.WaitConnected(wctx); len(fails) > 0 {
+		t.Fatalf("%s: after %s, %d pod pairs cannot connect: %v", what, took, len(fails), fails)
+	}
+}
+
+// TestPrivilegedSeed000Lab is end-to-end scenario 1: the seed 000 lab with
+// the real binaries. Pods get addresses from their rack's pool only, every
+// pod reaches every other over TCP, and the router (the route reflector)
+// has one route per block, through the rack the block lives in.
+func TestPrivilegedSeed000Lab(t *testing.T) {
+	l, ctx := upLab(t)
 	rackPool := map[string]string{"kube-node-0": "192.168.0.0/24", "kube-node-1": "192.168.0.0/24", "kube-node-2": "192.168.1.0/24", "kube-node-3": "192.168.1.0/24"}
 	blocks := map[netip.Prefix]string{}
 	for _, p := range l.State().Pods {
@@ -77,11 +116,7 @@ func TestPrivilegedSeed000Lab(t *testing.T) {
 		b, _ := p.IP.Prefix(26)
 		blocks[b] = p.Node
 	}
-	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
-	defer wcancel()
-	if took, fails := l.WaitConnected(wctx); len(fails) > 0 {
-		t.Fatalf("after %s, %d pod pairs cannot connect: %v", took, len(fails), fails)
-	}
+	waitConnected(t, ctx, l, "seed 000")
 	routes, err := l.Routes("router")
 	if err != nil {
 		t.Fatal(err)

@@ -214,7 +214,7 @@ func (l *Lab) agents(ctx context.Context, topo *Topology) error {
 		if err := l.start(n.Name, n.NetNS, l.bin("rhizome-node"), "--node-name", n.Name, "--etcd-endpoints", l.st.Etcd,
 			"--kubernetes", "false", "--networking", "bgp", "--cni-socket", abs, "--status-addr", statusAddr,
 			"--ip", n.Addr.String(), "--default-ipv4-pool-cidr", topo.DefaultPoolCIDR, "--default-ipv4-pool-ipip", ipip,
-			"--heartbeat-interval", "5s"); err != nil {
+			"--heartbeat-interval", "5s", "--node-ttl", "30s", "--controller-interval", "5s"); err != nil {
 			return err
 		}
 	}

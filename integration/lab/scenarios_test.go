@@ -1,0 +1,165 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func podByName(l *Lab, name string) Pod {
+	for _, p := range l.State().Pods {
+		if p.Name == name {
+			return p
+		}
+	}
+	return Pod{}
+}
+
+func nodeByName(l *Lab, name string) NodeState {
+	for _, n := range l.State().Nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	return NodeState{}
+}
+
+func eventually(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	var last string
+	for deadline := time.Now().Add(90 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		var ok bool
+		if ok, last = cond(); ok {
+			return
+		}
+	}
+	t.Fatalf("%s: not within 90s; last seen:\n%s", what, last)
+}
+
+// Scenario 8: agents restart (a DaemonSet update) while pods on different
+// nodes keep opening TCP connections to each other: none may fail, since
+// routes stay in the kernel and peers keep the restarting node's routes
+// (graceful restart).
+func TestPrivilegedLabAgentRestartUnderTraffic(t *testing.T) {
+	l, ctx := upLab(t)
+	waitConnected(t, ctx, l, "before the restarts")
+	from := podByName(l, "nginx-0") // kube-node-0, rack 0
+	targets := []Pod{podByName(l, "nginx-1"), podByName(l, "nginx-2"), podByName(l, "nginx-3")}
+	tctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	tries, fails := 0, []string{}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for tctx.Err() == nil {
+			for _, to := range targets {
+				err := ask(ctx, from.NetNS, to)
+				mu.Lock()
+				tries++
+				if err != nil {
+					fails = append(fails, fmt.Sprintf("%s -> %s: %v", from.Name, to.Name, err))
+				}
+				mu.Unlock()
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	for _, name := range []string{"kube-node-0", "router", "kube-node-2"} {
+		if err := l.Restart(ctx, name); err != nil {
+			t.Fatalf("restart the agent on %s: %v", name, err)
+		}
+		time.Sleep(2 * time.Second) // BGP re-established, routes refreshed
+	}
+	stop()
+	wg.Wait()
+	t.Logf("%d TCP connections across three agent restarts, %d failed", tries, len(fails))
+	if len(fails) > 0 || tries < 100 {
+		t.Errorf("connections failed during the agent restarts (%d of %d): %v", len(fails), tries, fails)
+	}
+	waitConnected(t, ctx, l, "after the restarts")
+}
+
+var wideRow = regexp.MustCompile(`(?m)^\| (\S+)\s+\| [a-z -]+?\s+\| up\s+\|[^|]*\|[^|]*\| (\d+)\s+\|`)
+
+// upPeersAS are the established sessions of `node status -o wide`:
+// address -> the peer's AS.
+func upPeersAS(out string) map[string]string {
+	m := map[string]string{}
+	for _, r := range wideRow.FindAllStringSubmatch(out, -1) {
+		m[r[1]] = r[2]
+	}
+	return m
+}
+
+// Scenario 6 (seed 004, per-node AS): kube-node-3 moves to AS 64514; its
+// session with the route reflector becomes eBGP and routes still flow.
+func TestPrivilegedLabPerNodeAS(t *testing.T) {
+	l, ctx := upLab(t)
+	waitConnected(t, ctx, l, "before the AS change")
+	if _, err := l.Ctl("patch", "node", "kube-node-3", "-p", `{"spec": {"bgp": {"asNumber": "64514"}}}`); err != nil {
+		t.Fatal(err)
+	}
+	n3, router := nodeByName(l, "kube-node-3"), nodeByName(l, "router")
+	eventually(t, "the router's session with kube-node-3 is up with AS 64514", func() (bool, string) {
+		out, err := l.nodeStatusWide("router")
+		return err == nil && upPeersAS(out)[n3.Addr.Addr().String()] == "64514", out
+	})
+	eventually(t, "kube-node-3 sees the router in AS 64512", func() (bool, string) {
+		out, err := l.nodeStatusWide("kube-node-3")
+		return err == nil && upPeersAS(out)[router.Addr.Addr().String()] == "64512", out
+	})
+	if out, err := l.Ctl("get", "node", "kube-node-3", "-o", "wide"); err != nil || !strings.Contains(out, "64514") {
+		t.Errorf("rhizomectl get node kube-node-3 -o wide does not show AS 64514 (%v):\n%s", err, out)
+	}
+	waitConnected(t, ctx, l, "after kube-node-3 moved to AS 64514")
+}
+
+// Scenario 9: a node is lost (its agent killed, its heartbeat stops).
+// Without Kubernetes the controller releases its addresses and blocks once
+// the heartbeat is older than the node TTL (30 s in the lab) and keeps the
+// Node, which may come back; the operator then deletes the Node, as with
+// calicoctl delete node, and its sessions and routes go everywhere.
+func TestPrivilegedLabNodeRemoval(t *testing.T) {
+	l, ctx := upLab(t)
+	waitConnected(t, ctx, l, "before the node is lost")
+	var gone []Pod
+	for _, p := range l.State().Pods {
+		if p.Node == "kube-node-3" {
+			gone = append(gone, p)
+		}
+	}
+	if len(gone) == 0 {
+		t.Fatal("no pod on kube-node-3")
+	}
+	block, _ := gone[0].IP.Prefix(26)
+	if err := l.Kill("kube-node-3"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "kube-node-3's block is released by the controller", func() (bool, string) {
+		out, err := l.Ctl("ipam", "show", "--show-blocks")
+		return err == nil && !strings.Contains(out, "kube-node-3") && !strings.Contains(out, block.String()), out
+	})
+	for _, p := range gone {
+		if out, err := l.Ctl("ipam", "show", "--ip", p.IP.String()); err != nil || strings.Contains(out, p.Name) {
+			t.Errorf("%s of the lost node's pod %s is still allocated (%v):\n%s", p.IP, p.Name, err, out)
+		}
+	}
+	if _, err := l.Ctl("delete", "node", "kube-node-3"); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"router", "kube-node-0", "kube-node-1", "kube-node-2"} {
+		eventually(t, n+" has no route to the lost node's block", func() (bool, string) {
+			out, err := l.Routes(n)
+			return err == nil && !strings.Contains(out, block.String()+" "), out
+		})
+	}
+	out, err := l.NodeStatus("router")
+	if err != nil || strings.Contains(out, nodeByName(l, "kube-node-3").Addr.Addr().String()+" ") {
+		t.Errorf("the route reflector still has a session with the deleted node (%v):\n%s", err, out)
+	}
+}
