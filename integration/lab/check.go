@@ -40,24 +40,35 @@ func (l *Lab) Connect(ctx context.Context) []Failure {
 	return fails
 }
 
-// ask connects from inside netns to pod's responder and reads its name.
+// ask connects from inside netns to pod's responder and checks that the
+// pod answers with its name.
 func ask(ctx context.Context, netns string, pod Pod) error {
-	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	c, err := dialIn(dctx, netns, net.JoinHostPort(pod.IP.String(), fmt.Sprint(pod.Port)))
+	got, err := Ask(ctx, netns, net.JoinHostPort(pod.IP.String(), fmt.Sprint(pod.Port)))
 	if err != nil {
 		return err
+	}
+	if got != pod.Name {
+		return fmt.Errorf("%s:%d answered %q, want %q", pod.IP, pod.Port, got, pod.Name)
+	}
+	return nil
+}
+
+// Ask connects from inside the namespace netns to addr (host:port) and
+// returns the line the responder there answers.
+func Ask(ctx context.Context, netns, addr string) (string, error) {
+	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c, err := dialIn(dctx, netns, addr)
+	if err != nil {
+		return "", err
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
 	line, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil {
-		return fmt.Errorf("read from %s: %w", pod.IP, err)
+		return "", fmt.Errorf("read from %s: %w", addr, err)
 	}
-	if got := strings.TrimSpace(line); got != pod.Name {
-		return fmt.Errorf("%s:%d answered %q, want %q", pod.IP, pod.Port, got, pod.Name)
-	}
-	return nil
+	return strings.TrimSpace(line), nil
 }
 
 // WaitConnected repeats Connect until every pair connects or ctx ends; it

@@ -41,6 +41,7 @@ type Options struct {
 type State struct {
 	Prefix     string      `json:"prefix"`
 	IPIP       bool        `json:"ipip"`
+	Racks      []Rack      `json:"racks"`
 	Namespaces []string    `json:"namespaces"`
 	Procs      []Proc      `json:"procs"`
 	Nodes      []NodeState `json:"nodes"`

@@ -47,8 +47,9 @@ func ServeEtcd(ctx context.Context, dir, socket string) error {
 }
 
 // Respond answers every TCP connection on port with name and a newline:
-// the lab's pods run it so connectivity is checked with real TCP.
-func Respond(ctx context.Context, port int, name string) error {
+// the lab's pods run it so connectivity is checked with real TCP. With
+// peer it answers with the address the connection came from instead.
+func Respond(ctx context.Context, port int, name string, peer bool) error {
 	ln, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
 	if err != nil {
 		return err
@@ -65,6 +66,11 @@ func Respond(ctx context.Context, port int, name string) error {
 		go func() {
 			defer c.Close()
 			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			if peer {
+				host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+				fmt.Fprintln(c, host)
+				return
+			}
 			fmt.Fprintln(c, name)
 		}()
 	}

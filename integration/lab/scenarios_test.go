@@ -3,6 +3,8 @@ package lab
 import (
 	"context"
 	"fmt"
+	"net/netip"
+	"os/exec"
 	"regexp"
 	"strings"
 	"sync"
@@ -162,4 +164,145 @@ func TestPrivilegedLabNodeRemoval(t *testing.T) {
 	if err != nil || strings.Contains(out, nodeByName(l, "kube-node-3").Addr.Addr().String()+" ") {
 		t.Errorf("the route reflector still has a session with the deleted node (%v):\n%s", err, out)
 	}
+}
+
+// Scenario 7 (seed 004, natOutgoing): a server outside the pools, on rack
+// 0, sees a rack-1 pod's connection come from the pod's node while the
+// pool has natOutgoing, and from the pod itself once it is turned off.
+func TestPrivilegedLabNATOutgoing(t *testing.T) {
+	l, ctx := upLab(t)
+	waitConnected(t, ctx, l, "before")
+	server, err := l.AddServer("server", "rack-0", 200, 8080)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := podByName(l, "nginx-2") // kube-node-2, rack 1
+	node := nodeByName(l, pod.Node)
+	addr := server.String() + ":8080"
+	eventually(t, "with natOutgoing the server sees the node's address", func() (bool, string) {
+		got, err := Ask(ctx, pod.NetNS, addr)
+		return err == nil && got == node.Addr.Addr().String(), fmt.Sprintf("%q %v", got, err)
+	})
+	if _, err := l.Ctl("patch", "ippool", "rack-1-ippool", "-p", `{"spec": {"natOutgoing": false}}`); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "without natOutgoing the server sees the pod's own address", func() (bool, string) {
+		got, err := Ask(ctx, pod.NetNS, addr)
+		return err == nil && got == pod.IP.String(), fmt.Sprintf("%q %v", got, err)
+	})
+}
+
+// Scenario 4 (seed 004, pool migration): a new pool for rack 0, the old
+// one disabled; pods recreated one by one get addresses from the new pool
+// while the others keep working; the old pool is then deleted and
+// `rhizomectl ipam check` finds nothing wrong.
+func TestPrivilegedLabPoolMigration(t *testing.T) {
+	l, ctx := upLab(t)
+	waitConnected(t, ctx, l, "before the migration")
+	if _, err := l.ctl(`apiVersion: rhizome.io/v1
+kind: IPPool
+metadata:
+  name: rack-0-ippool-v2
+spec:
+  cidr: 192.168.10.0/24
+  blockSize: 28
+  ipipMode: Never
+  natOutgoing: true
+  nodeSelector: rack == "0"
+`, "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Ctl("patch", "ippool", "rack-0-ippool", "-p", `{"spec": {"disabled": true}}`); err != nil {
+		t.Fatal(err)
+	}
+	newPool := netip.MustParsePrefix("192.168.10.0/24")
+	var rack0 []Pod
+	for _, p := range l.State().Pods {
+		if p.Node == "kube-node-0" || p.Node == "kube-node-1" {
+			rack0 = append(rack0, p)
+		}
+	}
+	for i, old := range rack0 {
+		if err := l.DeletePod(ctx, old.Name); err != nil {
+			t.Fatal(err)
+		}
+		p, err := l.AddPod(ctx, old.Name, old.Namespace, old.Node, old.Port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !newPool.Contains(p.IP) {
+			t.Errorf("recreated pod %s got %s, want an address of rack-0-ippool-v2 %s", p.Name, p.IP, newPool)
+		}
+		// Pods not yet recreated still have old addresses and still work.
+		waitConnected(t, ctx, l, fmt.Sprintf("after recreating %d of %d rack-0 pods", i+1, len(rack0)))
+	}
+	if out, err := l.Ctl("delete", "ippool", "rack-0-ippool"); err != nil {
+		t.Fatalf("delete the old pool: %v\n%s", err, out)
+	}
+	waitConnected(t, ctx, l, "after deleting the old pool")
+	if out, err := l.Ctl("ipam", "check"); err != nil || !strings.Contains(out, "No problems found.") {
+		t.Errorf("ipam check after the migration (%v):\n%s", err, out)
+	}
+}
+
+// Scenario 10: 500 pods created and deleted across the nodes through
+// libcni; afterwards `rhizomectl ipam check` finds no problem and no pod's
+// link or route is left on any node.
+func TestPrivilegedLabChurn(t *testing.T) {
+	l, ctx := upLab(t)
+	nodes := l.podNodes()
+	start := time.Now()
+	const pods = 500
+	for i := range pods {
+		name := fmt.Sprintf("churn-%d", i)
+		if _, err := l.AddPod(ctx, name, "churn", nodes[i%len(nodes)], 0); err != nil {
+			t.Fatal(err)
+		}
+		if i >= 20 { // keep about 20 alive at a time
+			if err := l.DeletePod(ctx, fmt.Sprintf("churn-%d", i-20)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for i := pods - 20; i < pods; i++ {
+		if err := l.DeletePod(ctx, fmt.Sprintf("churn-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("%d pods added and deleted in %s", pods, time.Since(start).Round(time.Millisecond))
+	out, err := l.Ctl("ipam", "check")
+	if err != nil {
+		t.Fatalf("ipam check: %v\n%s", err, out)
+	}
+	t.Logf("rhizomectl ipam check:\n%s", out)
+	if !strings.Contains(out, "No problems found.") {
+		t.Errorf("ipam check found problems after the churn:\n%s", out)
+	}
+	usage, err := l.Ctl("ipam", "show")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		want := 0 // the workload's pods stay
+		for _, p := range l.State().Pods {
+			if p.Node == n {
+				want++
+			}
+		}
+		routes, err := l.Routes(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := strings.Count(routes, "scope link"); c != want {
+			t.Errorf("%s has %d pod routes after the churn, want %d (its workload pods):\n%s", n, c, want, routes)
+		}
+		links, err := exec.Command("ip", "-n", nodeByName(l, n).NetNS, "-o", "link", "show").CombinedOutput()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := strings.Count(string(links), ": rz"); c != want {
+			t.Errorf("%s has %d pod links after the churn, want %d:\n%s", n, c, want, links)
+		}
+	}
+	t.Logf("rhizomectl ipam show:\n%s", usage)
 }

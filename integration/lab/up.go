@@ -11,11 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/containernetworking/cni/libcni"
-	types100 "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/plugins/pkg/ns"
-
-	"github.com/rhizome-net/rhizome/cni/cnitest"
 	"github.com/rhizome-net/rhizome/datastore"
 )
 
@@ -126,6 +121,7 @@ func (l *Lab) network(_ context.Context, topo *Topology) error {
 		return err
 	}
 	l.st.IPIP = kernelHasIPIP(hub)
+	l.st.Racks = topo.Racks
 	router, err := l.netns(topo.Router.Name)
 	if err != nil {
 		return err
@@ -264,37 +260,20 @@ func (l *Lab) configure(_ context.Context, topo *Topology) error {
 	return nil
 }
 
-// workloads creates the pods, spread over the nodes in turn, through
-// libcni and rhizome-cni in their node's namespace, and starts a
-// responder in each.
+// workloads creates the pods, spread over the nodes in turn.
 func (l *Lab) workloads(ctx context.Context, topo *Topology) error {
-	var nodes []NodeState
-	for _, n := range l.st.Nodes {
-		if !n.Router {
-			nodes = append(nodes, n)
-		}
-	}
+	nodes := l.podNodes()
 	k := 0
 	for _, w := range topo.Workloads {
 		for r := range w.Replicas {
 			node := nodes[k%len(nodes)]
 			k++
-			p := Pod{Name: fmt.Sprintf("%s-%d", w.Name, r), Namespace: w.Namespace, Node: node.Name, Port: w.Port}
-			netns, err := l.netns("pod-" + p.Name)
-			if err != nil {
-				return err
-			}
-			p.NetNS = netns
-			if p.IP, err = l.cniAdd(ctx, node, p); err != nil {
-				return fmt.Errorf("pod %s on %s: %w", p.Name, node.Name, err)
-			}
-			l.st.Pods = append(l.st.Pods, p)
-			if err := l.start("responder-"+p.Name, netns, l.bin("rhizome-lab"), "responder", "--port", fmt.Sprint(p.Port), "--name", p.Name); err != nil {
+			if _, err := l.AddPod(ctx, fmt.Sprintf("%s-%d", w.Name, r), w.Namespace, node, w.Port); err != nil {
 				return err
 			}
 		}
 	}
-	return l.save()
+	return nil
 }
 
 // settled waits until every agent has programmed its routes (BGP settled
@@ -314,39 +293,4 @@ func (l *Lab) settled(ctx context.Context, _ *Topology) error {
 		}
 	}
 	return nil
-}
-
-// cniAdd runs CNI ADD for the pod the way a kubelet's runtime does. The
-// agent may not have seen the pools applied a moment ago: it retries while
-// the answer is that no pool is usable.
-func (l *Lab) cniAdd(ctx context.Context, node NodeState, p Pod) (netip.Addr, error) {
-	conf, err := libcni.ConfListFromBytes([]byte(fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "k8s-pod-network",
-		"plugins": [{"type": "rhizome-cni", "socket": %q}]}`, node.Socket)))
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	host, err := ns.GetNS("/var/run/netns/" + node.NetNS)
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	defer host.Close()
-	cni := libcni.NewCNIConfigWithCacheDir([]string{l.opts.BinDir}, filepath.Join(l.opts.StateDir, "cni-cache"), cnitest.Exec(host))
-	rt := &libcni.RuntimeConf{ContainerID: "ctr-" + p.Name, NetNS: "/var/run/netns/" + p.NetNS, IfName: "eth0",
-		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", p.Namespace}, {"K8S_POD_NAME", p.Name}}}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		res, err := cni.AddNetworkList(ctx, conf, rt)
-		if err == nil {
-			r, err := types100.NewResultFromResult(res)
-			if err != nil || len(r.IPs) == 0 {
-				return netip.Addr{}, fmt.Errorf("ADD result without an address: %v %v", res, err)
-			}
-			a, _ := netip.AddrFromSlice(r.IPs[0].Address.IP)
-			return a.Unmap(), nil
-		}
-		if !strings.Contains(err.Error(), "no usable IP pool") || time.Now().After(deadline) {
-			return netip.Addr{}, err
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }

@@ -144,6 +144,7 @@ make build (--bin-dir).`,
 	}
 	var dir, socket, name string
 	var port int
+	var peer bool
 	etcdCmd := &cobra.Command{
 		Use: "etcd", Hidden: true, Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return lab.ServeEtcd(cmd.Context(), dir, socket) },
@@ -152,10 +153,11 @@ make build (--bin-dir).`,
 	etcdCmd.Flags().StringVar(&socket, "socket", "", "client unix socket")
 	respCmd := &cobra.Command{
 		Use: "responder", Hidden: true, Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return lab.Respond(cmd.Context(), port, name) },
+		RunE: func(cmd *cobra.Command, _ []string) error { return lab.Respond(cmd.Context(), port, name, peer) },
 	}
 	respCmd.Flags().IntVar(&port, "port", 80, "TCP port")
 	respCmd.Flags().StringVar(&name, "name", "", "what to answer")
+	respCmd.Flags().BoolVar(&peer, "peer", false, "answer with the client's address instead")
 	root.AddCommand(runCmd, upCmd, downCmd, reportCmd, etcdCmd, respCmd)
 	ctx, _ := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	root.SetContext(ctx)
