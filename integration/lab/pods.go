@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -123,8 +122,8 @@ func (l *Lab) runtime(node NodeState, p Pod) (*libcni.CNIConfig, *libcni.Network
 }
 
 // cniAdd runs CNI ADD for the pod. The agent may not have seen pools
-// applied a moment ago: it retries while the answer is that no pool is
-// usable.
+// applied or deleted a moment ago, so an error is retried for a while, as
+// a kubelet retries a sandbox; the last error is returned.
 func (l *Lab) cniAdd(ctx context.Context, node NodeState, p Pod) (netip.Addr, error) {
 	cni, conf, rt, closeNS, err := l.runtime(node, p)
 	if err != nil {
@@ -142,9 +141,10 @@ func (l *Lab) cniAdd(ctx context.Context, node NodeState, p Pod) (netip.Addr, er
 			a, _ := netip.AddrFromSlice(r.IPs[0].Address.IP)
 			return a.Unmap(), nil
 		}
-		if !strings.Contains(err.Error(), "no usable IP pool") || time.Now().After(deadline) {
+		if time.Now().After(deadline) || ctx.Err() != nil {
 			return netip.Addr{}, err
 		}
+		l.logf("CNI ADD of pod %s on %s: %v (retrying)", p.Name, node.Name, err)
 		time.Sleep(200 * time.Millisecond)
 	}
 }

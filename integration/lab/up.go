@@ -15,7 +15,7 @@ import (
 )
 
 // Up builds the topology. On failure it removes what it built.
-func Up(ctx context.Context, topo *Topology, opts Options) (l *Lab, err error) {
+func Up(ctx context.Context, topo *Topology, opts Options) (*Lab, error) {
 	opts.defaults()
 	if _, err := os.Stat(statePath(opts.StateDir)); err == nil {
 		return nil, fmt.Errorf("a lab is already up at %s: take it down first (make lab-down)", opts.StateDir)
@@ -23,18 +23,16 @@ func Up(ctx context.Context, topo *Topology, opts Options) (l *Lab, err error) {
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return nil, err
 	}
-	l = &Lab{opts: opts, st: State{Prefix: opts.Prefix}}
-	defer func() {
-		if err != nil {
-			l.logf("lab: %v; removing what was built", err)
-			_ = l.Down()
-		}
-	}()
+	l := &Lab{opts: opts, st: State{Prefix: opts.Prefix}}
 	if err := l.save(); err != nil {
 		return nil, err
 	}
 	for _, step := range []func(context.Context, *Topology) error{l.startEtcd, l.network, l.agents, l.configure, l.workloads, l.settled} {
 		if err := step(ctx, topo); err != nil {
+			l.logf("lab: %v; removing what was built", err)
+			if derr := l.Down(); derr != nil {
+				l.logf("lab down: %v", derr)
+			}
 			return nil, err
 		}
 	}
@@ -215,7 +213,7 @@ func (l *Lab) agents(ctx context.Context, topo *Topology) error {
 		}
 	}
 	for _, n := range l.st.Nodes {
-		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		err := agentReady(rctx, n.NetNS)
 		cancel()
 		if err != nil {
