@@ -138,25 +138,33 @@ func ensureDefaultPool(ctx context.Context, res *datastore.Resources, cidr, ipip
 	if cidr == "" {
 		return false, nil
 	}
-	pools, _, err := res.ListPools(ctx)
-	if err != nil {
-		return false, fmt.Errorf("list pools: %w", err)
-	}
-	if len(pools) > 0 {
-		return false, nil
-	}
-	p := &api.IPPool{
-		TypeMeta:   api.TypeMeta{APIVersion: api.GroupVersion, Kind: api.KindIPPool},
-		ObjectMeta: api.ObjectMeta{Name: DefaultPoolName},
-		Spec:       api.IPPoolSpec{CIDR: cidr, IPIPMode: api.EncapMode(ipip), NATOutgoing: nat},
-	}
-	if _, err := res.Create(ctx, p); err != nil {
-		if errors.Is(err, datastore.ErrExists) {
+	for attempt := 0; ; attempt++ {
+		pools, _, err := res.ListPools(ctx)
+		if err != nil {
+			return false, fmt.Errorf("list pools: %w", err)
+		}
+		if len(pools) > 0 {
 			return false, nil
+		}
+		p := &api.IPPool{
+			TypeMeta:   api.TypeMeta{APIVersion: api.GroupVersion, Kind: api.KindIPPool},
+			ObjectMeta: api.ObjectMeta{Name: DefaultPoolName},
+			Spec:       api.IPPoolSpec{CIDR: cidr, IPIPMode: api.EncapMode(ipip), NATOutgoing: nat},
+		}
+		_, err = res.Create(ctx, p)
+		switch {
+		case err == nil:
+			return true, nil
+		case errors.Is(err, datastore.ErrExists):
+			return false, nil
+		case errors.Is(err, datastore.ErrConflict) && attempt < 5:
+			// Another agent created a pool between our list and our
+			// create, which is guarded on the pools being unchanged: look
+			// again.
+			continue
 		}
 		return false, fmt.Errorf("create %s from RHIZOME_DEFAULT_IPV4_POOL_CIDR=%s: %w", DefaultPoolName, cidr, err)
 	}
-	return true, nil
 }
 
 func isNotFound(err error) bool { return errors.Is(err, datastore.ErrNotFound) }

@@ -217,11 +217,22 @@ func (l *Lab) agents(ctx context.Context, topo *Topology) error {
 		err := agentReady(rctx, n.NetNS)
 		cancel()
 		if err != nil {
-			return fmt.Errorf("rhizome-node on %s (log %s): %w", n.Name, filepath.Join(l.opts.StateDir, n.Name+".log"), err)
+			return fmt.Errorf("rhizome-node on %s: %w; the end of its log:\n%s", n.Name, err, l.logTail(n.Name, 15))
 		}
 	}
 	l.logf("rhizome-node is ready on %d nodes and the router", len(topo.Nodes))
 	return l.save()
+}
+
+// logTail is the end of a process's log, for errors: Down removes the
+// state directory with the logs.
+func (l *Lab) logTail(name string, lines int) string {
+	b, err := os.ReadFile(filepath.Join(l.opts.StateDir, name+".log"))
+	if err != nil {
+		return err.Error()
+	}
+	all := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(all[max(0, len(all)-lines):], "\n")
 }
 
 // configure is the seed's operator session: delete the default pool,
