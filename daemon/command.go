@@ -2,10 +2,12 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -36,7 +38,7 @@ help; a flag given on the command line wins.`,
 				return err
 			}
 			if cleanup {
-				return Cleanup(log)
+				return errors.Join(Cleanup(log), uninstallCNI(log, cfg.CNIBinDir, cfg.CNIConfDir, cfg.CNISocket))
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
@@ -45,7 +47,42 @@ help; a flag given on the command line wins.`,
 		},
 	}
 	cfg.BindFlags(cmd.Flags(), os.Getenv)
-	cmd.Flags().BoolVar(&cleanup, "cleanup", false, "remove rhizome's routes, tunl0 address and natOutgoing table from this host, then exit (uninstall)")
+	cmd.Flags().BoolVar(&cleanup, "cleanup", false, "uninstall from this host, then exit: rhizome's routes, tunl0 address and natOutgoing table, the CNI plugins and conflist, the socket")
+	cmd.AddCommand(newInstallCNICommand(stderr))
+	return cmd
+}
+
+func newInstallCNICommand(stderr io.Writer) *cobra.Command {
+	var cfg Config
+	var src string
+	cmd := &cobra.Command{
+		Use:   "install-cni",
+		Short: "Install the CNI plugins and the conflist on this host (the DaemonSet's init container)",
+		Long: `install-cni copies rhizome-cni and rhizome-ipam from --src-dir (default: the
+directory of this binary) into the CNI bin directory and writes ` + ConflistName + `
+(rhizome-cni with the socket and MTU, then portmap) into the CNI conf
+directory. Files are written under a temporary name and renamed into place;
+files that are already right are left alone.`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(*cobra.Command, []string) error {
+			log, err := NewLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+			if err != nil {
+				return err
+			}
+			if src == "" {
+				exe, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				src = filepath.Dir(exe)
+			}
+			return InstallCNI(log, src, cfg.CNIBinDir, cfg.CNIConfDir, cfg.CNISocket, cfg.MTU)
+		},
+	}
+	cfg.BindFlags(cmd.Flags(), os.Getenv)
+	cmd.Flags().StringVar(&src, "src-dir", "", "where the plugin binaries to install are (default: this binary's directory)")
 	return cmd
 }
 

@@ -27,6 +27,8 @@ type Config struct {
 
 	CNISocket  string
 	StatusAddr string
+	CNIBinDir  string
+	CNIConfDir string
 
 	Networking string // bgp or none
 	Namespace  string // of the agent's pod: where BGP password Secrets are read
@@ -100,6 +102,8 @@ func (c *Config) settings() []struct {
 		{Setting{"kubernetes", "RHIZOME_KUBERNETES", "auto", "use the Kubernetes API for labels, annotations and live pods: auto (when in a cluster or given a kubeconfig), true or false"}, str(&c.Kubernetes)},
 		{Setting{"kubeconfig", "RHIZOME_KUBECONFIG", "", "kubeconfig file (KUBECONFIG is read too); empty in a pod: in-cluster"}, str(&c.Kubeconfig)},
 		{Setting{"cni-socket", "RHIZOME_CNI_SOCKET", "/var/run/rhizome/cni.sock", "unix socket the CNI plugins call"}, str(&c.CNISocket)},
+		{Setting{"cni-bin-dir", "RHIZOME_CNI_BIN_DIR", "/opt/cni/bin", "directory of the CNI plugin binaries (install-cni writes rhizome's there, --cleanup removes them)"}, str(&c.CNIBinDir)},
+		{Setting{"cni-conf-dir", "RHIZOME_CNI_CONF_DIR", "/etc/cni/net.d", "directory of the CNI network configurations (install-cni writes " + ConflistName + ", --cleanup removes it)"}, str(&c.CNIConfDir)},
 		{Setting{"status-addr", "RHIZOME_STATUS_ADDR", "127.0.0.1:9099", "address of /livez, /readyz, /metrics and the status API"}, str(&c.StatusAddr)},
 		{Setting{"networking", "RHIZOME_NETWORKING", "bgp", "bgp: run the BGP speaker and program routes, tunl0 and natOutgoing; none: IPAM and CNI only (another component routes pod traffic)"}, str(&c.Networking)},
 		{Setting{"namespace", "RHIZOME_NAMESPACE", "kube-system", "namespace of the Secrets that BGP passwords (secretKeyRef) name; POD_NAMESPACE is read too"}, str(&c.Namespace)},
