@@ -39,7 +39,7 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer os.RemoveAll(dir)
-		for _, b := range []string{"rhizome-node", "rhizome-cni", "rhizomectl"} {
+		for _, b := range []string{"rhizome-node", "rhizome-cni", "rhizome-ipam", "rhizomectl"} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b), "../../cmd/"+b)
 			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 			if out, err := cmd.CombinedOutput(); err != nil {

@@ -3,6 +3,7 @@ package agent_test
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -327,8 +328,20 @@ spec:
 		t.Errorf("natOutgoing rules on node-1 before the clean-up: %d, %v; want some (natOutgoing pools)", n, err)
 	}
 	n1.agent.stop()
-	if out, err := exec.Command("ip", "netns", "exec", n1.ns(), filepath.Join(binDir, "rhizome-node"), "--cleanup").CombinedOutput(); err != nil {
+	// install-cni into this test's directories (never the host's), so the
+	// clean-up has the node's CNI files to remove too.
+	cniBin, cniConf := t.TempDir(), t.TempDir()
+	dirs := []string{"--cni-bin-dir", cniBin, "--cni-conf-dir", cniConf, "--cni-socket", n1.agent.socket}
+	if out, err := exec.Command(filepath.Join(binDir, "rhizome-node"), append([]string{"install-cni", "--src-dir", binDir}, dirs...)...).CombinedOutput(); err != nil {
+		t.Fatalf("rhizome-node install-cni: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("ip", append([]string{"netns", "exec", n1.ns(), filepath.Join(binDir, "rhizome-node"), "--cleanup"}, dirs...)...).CombinedOutput(); err != nil {
 		t.Fatalf("rhizome-node --cleanup: %v\n%s", err, out)
+	}
+	for _, dir := range []string{cniBin, cniConf} {
+		if left, _ := os.ReadDir(dir); len(left) > 0 {
+			t.Errorf("rhizome-node --cleanup left files in %s: %v", dir, left)
+		}
 	}
 	out = n1.routes(t)
 	if strings.Contains(out, "via") || strings.Contains(out, "blackhole") || !strings.Contains(out, addrs[0].String()+" dev rz") {
