@@ -4,27 +4,15 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/rhizome-net/rhizome/api"
+	"github.com/rhizome-net/rhizome/cni/cnitest"
 	"github.com/rhizome-net/rhizome/integration/kubetest"
 )
-
-func wantErr(t *testing.T, err error, parts ...string) {
-	t.Helper()
-	if err == nil {
-		t.Fatalf("no error, want one mentioning %q", parts)
-	}
-	for _, p := range parts {
-		if !strings.Contains(err.Error(), p) {
-			t.Errorf("error %q does not mention %q", err, p)
-		}
-	}
-}
 
 // BGP passwords from a file, and from a Secret in a real kube-apiserver.
 func TestPasswords(t *testing.T) {
@@ -37,9 +25,9 @@ func TestPasswords(t *testing.T) {
 		t.Fatalf("password file: %q, %v; want s3cret (trailing newline removed)", pw, err)
 	}
 	_, err := noKube(api.SecretSource{File: f + ".missing"})
-	wantErr(t, err, "password file", "pw.missing")
+	cnitest.WantErrText(t, err, "password file", "pw.missing")
 	_, err = noKube(api.SecretSource{SecretKeyRef: &api.SecretKeySelector{Name: "bgp", Key: "pw"}})
-	wantErr(t, err, "kube-system/bgp", "without Kubernetes", "use a file")
+	cnitest.WantErrText(t, err, "kube-system/bgp", "without Kubernetes", "use a file")
 
 	k := kubetest.Start(t)
 	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "bgp-secrets"}, Data: map[string][]byte{"rr-password": []byte("from-secret")}}
@@ -51,7 +39,7 @@ func TestPasswords(t *testing.T) {
 		t.Fatalf("password from Secret: %q, %v; want from-secret", pw, err)
 	}
 	_, err = withKube(api.SecretSource{SecretKeyRef: &api.SecretKeySelector{Name: "bgp-secrets", Key: "other"}})
-	wantErr(t, err, "kube-system/bgp-secrets", `no key "other"`)
+	cnitest.WantErrText(t, err, "kube-system/bgp-secrets", `no key "other"`)
 	_, err = withKube(api.SecretSource{SecretKeyRef: &api.SecretKeySelector{Name: "absent", Key: "k"}})
-	wantErr(t, err, "kube-system/absent", "not found")
+	cnitest.WantErrText(t, err, "kube-system/absent", "not found")
 }

@@ -156,14 +156,21 @@ func TestAssignAndReleaseStoresBlockAndHandle(t *testing.T) {
 	}
 }
 
-// Seed 000: rack pools chosen by node labels.
-func TestPoolChosenByNodeSelector(t *testing.T) {
-	c := newCluster(t)
+// rackPools stores seed 000's pools: rack-N-ippool 192.168.N.0/24 for
+// nodes labelled rack=N.
+func (c *cluster) rackPools() {
+	c.t.Helper()
 	rack0 := newTestPool("rack-0-ippool", "192.168.0.0/24", 26)
 	rack0.Spec.NodeSelector = `rack == "0"`
 	rack1 := newTestPool("rack-1-ippool", "192.168.1.0/24", 26)
 	rack1.Spec.NodeSelector = `rack == "1"`
 	c.apply(rack0, rack1)
+}
+
+// Seed 000: rack pools chosen by node labels.
+func TestPoolChosenByNodeSelector(t *testing.T) {
+	c := newCluster(t)
+	c.rackPools()
 	for i := range 4 {
 		c.node(fmt.Sprintf("kube-node-%d", i), map[string]string{"rack": fmt.Sprint(i / 2)})
 	}
@@ -187,11 +194,7 @@ func TestPoolChosenByNodeSelector(t *testing.T) {
 // the store shows them, later changes in the store win again.
 func TestSetNodeLabelsAheadOfTheStore(t *testing.T) {
 	c := newCluster(t)
-	rack0 := newTestPool("rack-0-ippool", "192.168.0.0/24", 26)
-	rack0.Spec.NodeSelector = `rack == "0"`
-	rack1 := newTestPool("rack-1-ippool", "192.168.1.0/24", 26)
-	rack1.Spec.NodeSelector = `rack == "1"`
-	c.apply(rack0, rack1)
+	c.rackPools()
 	c.node("kube-node-0", map[string]string{"rack": "0"})
 	a := c.allocator("kube-node-0")
 	ctx := context.Background()
