@@ -13,7 +13,7 @@ STATICCHECK := $(CACHE)/staticcheck-$(STATICCHECK_VERSION)/staticcheck
 TEST_FLAGS  ?= -race -count=1 -timeout 25m
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build test test-short lint fuzz bench bench-ipam bench-dataplane bench-cni bench-bgp bench-agent clean kernel-deps test-kernel lab lab-up lab-down lab-bin
+.PHONY: all build test test-short lint fuzz bench bench-ipam bench-dataplane bench-cni bench-bgp bench-agent bench-lab clean kernel-deps test-kernel lab lab-up lab-down lab-bin
 
 all: build
 
@@ -100,7 +100,7 @@ fuzz:
 	done
 
 ## bench: every benchmark report, each with its baseline measured in the same run
-bench: bench-ipam bench-cni bench-dataplane bench-bgp bench-agent
+bench: bench-ipam bench-cni bench-dataplane bench-bgp bench-agent bench-lab
 
 ## bench-ipam: the IPAM report next to host-local. The report is a test (TestReport -report) so it can
 ## start embedded etcd; it runs from a compiled test binary so only the table reaches stdout.
@@ -110,6 +110,11 @@ bench-ipam:
 	@$(GO) test -c -o $(CACHE)/bench/ipambench.test ./integration/ipambench
 	@echo "==> IPAM benchmark report (about 2 minutes)"
 	@cd integration/ipambench && $(CACHE)/bench/ipambench.test -test.run '^TestReport$$' -test.count 1 -test.timeout 15m -report
+
+## bench-lab: a 10-node lab up, then 1,000 pods through libcni (10 nodes at once), with pods/s (root)
+bench-lab:
+	@echo "==> lab: 10 nodes, 1,000 pods through libcni"
+	$(GO) test -run '^$$' -bench LabPods -benchtime 1x ./integration/lab
 
 ## bench-dataplane: 10,000 routes installed and resynced by the reconciler, next to ip -batch (root)
 bench-dataplane:

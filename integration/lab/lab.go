@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -83,6 +84,7 @@ const statusAddr = "127.0.0.1:9099"
 // Lab is a lab being built or running.
 type Lab struct {
 	opts Options
+	mu   sync.Mutex // guards st while pods are added concurrently
 	st   State
 }
 
@@ -118,6 +120,8 @@ func Open(opts Options) (*Lab, error) {
 func (l *Lab) State() State { return l.st }
 
 func (l *Lab) save() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	b, err := json.MarshalIndent(&l.st, "", "  ")
 	if err != nil {
 		return err
@@ -133,7 +137,9 @@ func (l *Lab) netns(name string) (string, error) {
 	if err := run("ip", "netns", "add", full); err != nil {
 		return "", err
 	}
+	l.mu.Lock()
 	l.st.Namespaces = append(l.st.Namespaces, full)
+	l.mu.Unlock()
 	if err := l.save(); err != nil {
 		return "", err
 	}
@@ -164,6 +170,7 @@ func (l *Lab) start(name, netns, bin string, args ...string) error {
 	}
 	p := Proc{Name: name, PID: cmd.Process.Pid, NetNS: netns, Args: append([]string{bin}, args...)}
 	replaced := false
+	l.mu.Lock()
 	for i := range l.st.Procs {
 		if l.st.Procs[i].Name == name {
 			l.st.Procs[i], replaced = p, true
@@ -172,6 +179,7 @@ func (l *Lab) start(name, netns, bin string, args ...string) error {
 	if !replaced {
 		l.st.Procs = append(l.st.Procs, p)
 	}
+	l.mu.Unlock()
 	go func() { _ = cmd.Wait() }() // reap it if it ends while we run
 	return l.save()
 }

@@ -43,7 +43,9 @@ func (l *Lab) AddPod(ctx context.Context, name, namespace, node string, port int
 	if p.IP, err = l.cniAdd(ctx, n, p); err != nil {
 		return Pod{}, fmt.Errorf("pod %s on %s: %w", name, node, err)
 	}
+	l.mu.Lock()
 	l.st.Pods = append(l.st.Pods, p)
+	l.mu.Unlock()
 	if port > 0 {
 		if err := l.start("responder-"+name, netns, l.bin("rhizome-lab"), "responder", "--port", fmt.Sprint(port), "--name", name); err != nil {
 			return Pod{}, err
