@@ -72,12 +72,17 @@ func TestMain(m *testing.M) {
 // checking that no namespace is left.
 func upLab(t *testing.T) (*Lab, context.Context) {
 	t.Helper()
+	return upLabWith(t, Seed000())
+}
+
+func upLabWith(t *testing.T, topo *Topology) (*Lab, context.Context) {
+	t.Helper()
 	cnitest.NeedRoot(t)
 	var log strings.Builder
 	opts := Options{BinDir: binDir, StateDir: filepath.Join(t.TempDir(), "lab"), Prefix: fmt.Sprintf("rzt%d-%d-", os.Getpid()%100000, labs.Add(1)), Log: &log}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	t.Cleanup(cancel)
-	l, err := Up(ctx, Seed000(), opts)
+	l, err := Up(ctx, topo, opts)
 	if err != nil {
 		t.Fatalf("lab up: %v\n%s", err, log.String())
 	}

@@ -306,3 +306,54 @@ func TestPrivilegedLabChurn(t *testing.T) {
 	}
 	t.Logf("rhizomectl ipam show:\n%s", usage)
 }
+
+// Scenario 3 (seed 004, route reflector): the lab starts with the
+// node-to-node mesh (the router a plain member), then the operator turns
+// the mesh off and makes the router the reflector while pods keep
+// connecting across racks. Sessions become client <-> reflector only, every
+// pair connects afterwards, and the connections that failed during the
+// switch are counted and reported.
+func TestPrivilegedLabMeshToRouteReflector(t *testing.T) {
+	topo := Seed000()
+	topo.Router.RouteReflectorClusterID = ""
+	topo.Resources = topo.Resources[strings.Index(topo.Resources, "---\n")+4:] // no BGPConfiguration: the mesh is on
+	l, ctx := upLabWith(t, topo)
+	waitConnected(t, ctx, l, "with the mesh")
+	if out, err := l.NodeStatus("kube-node-0"); err != nil || strings.Count(out, "node-to-node mesh") != 4 {
+		t.Fatalf("kube-node-0 should have 4 mesh sessions (3 nodes and the router) (%v):\n%s", err, out)
+	}
+	from, to := podByName(l, "nginx-0"), podByName(l, "nginx-2") // rack 0 -> rack 1
+	tctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	var tries, fails int
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for tctx.Err() == nil {
+			err := ask(ctx, from.NetNS, to)
+			tries++
+			if err != nil {
+				fails++
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	if _, err := l.ctl("apiVersion: rhizome.io/v1\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {nodeToNodeMeshEnabled: false}\n", "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Ctl("patch", "node", "router", "-p", `{"spec": {"bgp": {"routeReflectorClusterID": "244.0.0.1"}}}`); err != nil {
+		t.Fatal(err)
+	}
+	router := nodeByName(l, "router").Addr.Addr().String()
+	for _, n := range []string{"kube-node-0", "kube-node-1", "kube-node-2", "kube-node-3"} {
+		eventually(t, n+" peers with the reflector only", func() (bool, string) {
+			out, err := l.NodeStatus(n)
+			return err == nil && strings.Count(out, "| up ") == 1 && strings.Contains(out, "| "+router+" ") && strings.Contains(out, "route reflector"), out
+		})
+	}
+	time.Sleep(2 * time.Second)
+	stop()
+	wg.Wait()
+	t.Logf("during the switch from the mesh to the route reflector: %d of %d connections from %s to %s failed", fails, tries, from.Name, to.Name)
+	waitConnected(t, ctx, l, "after the switch to the route reflector")
+}
