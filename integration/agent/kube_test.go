@@ -39,9 +39,9 @@ type kubeEnv struct {
 	client kubernetes.Interface
 }
 
-func newKubeEnv(t *testing.T) *kubeEnv {
+func newKubeEnv(t *testing.T, opts ...kubetest.Option) *kubeEnv {
 	c := newCluster(t)
-	k := kubetest.Start(t, kubetest.WithEtcd(c.etcd))
+	k := kubetest.Start(t, append([]kubetest.Option{kubetest.WithEtcd(c.etcd)}, opts...)...)
 	c.ctl("apply", "-f", writeFile(t, kubePools))
 	return &kubeEnv{cluster: c, kube: k, client: k.Client()}
 }

@@ -7,6 +7,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/rhizome-net/rhizome/integration/kubetest"
 )
 
 // TestPrivilegedManifests applies manifests/ to a real kube-apiserver
@@ -16,7 +18,9 @@ import (
 // do.
 func TestPrivilegedManifests(t *testing.T) {
 	needRoot(t)
-	e := newKubeEnv(t)
+	// A DaemonSet that is privileged needs the API server to allow it, as
+	// kubeadm and managed clusters do.
+	e := newKubeEnv(t, kubetest.WithFlags("--allow-privileged=true"))
 	for _, dir := range []string{"../../manifests/base", "../../manifests/overlays/etcd-tls"} {
 		if out, err := e.kube.Kubectl(t, "apply", "--dry-run=server", "-k", dir); err != nil {
 			t.Fatalf("kubectl apply --dry-run=server -k %s: %v\n%s", dir, err, out)
