@@ -168,3 +168,18 @@ bgp-deps:
 	  echo "==> bgp-deps: apt-get install bird2 frr"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends bird2 frr; \
 	fi
+
+## image: the container image as bin/rhizome-image.tar (`docker save` format; `docker load -i` or
+## `ctr -n k8s.io image import`), without docker: the four static binaries, built reproducibly, in
+## one layer on an empty base (hack/image). Same commit and Go version, same digest.
+IMAGE_VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+IMAGE_TAG     ?= rhizome/rhizome-node:$(IMAGE_VERSION)
+IMAGE_BIN     := $(CACHE)/image/bin
+.PHONY: image
+image:
+	@echo "==> building $(BINARIES) reproducibly into $(IMAGE_BIN)"
+	@rm -rf $(IMAGE_BIN) && mkdir -p $(IMAGE_BIN) $(BIN)
+	@for b in $(BINARIES); do CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -buildvcs=false \
+	  -ldflags '-X main.version=$(IMAGE_VERSION)' -o $(IMAGE_BIN)/$$b ./cmd/$$b; done
+	@echo "==> image $(IMAGE_TAG) into bin/rhizome-image.tar"
+	@$(GO) run ./hack/image --bin-dir $(IMAGE_BIN) --out $(BIN)/rhizome-image.tar --tag $(IMAGE_TAG)
