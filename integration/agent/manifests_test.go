@@ -21,13 +21,19 @@ func TestPrivilegedManifests(t *testing.T) {
 	// A DaemonSet that is privileged needs the API server to allow it, as
 	// kubeadm and managed clusters do.
 	e := newKubeEnv(t, kubetest.WithFlags("--allow-privileged=true"))
-	for _, dir := range []string{"../../manifests/base", "../../manifests/overlays/etcd-tls"} {
+	for _, dir := range []string{"../../manifests/base", "../../manifests/overlays/etcd-tls", "../../manifests/overlays/route-reflectors"} {
 		if out, err := e.kube.Kubectl(t, "apply", "--dry-run=server", "-k", dir); err != nil {
 			t.Fatalf("kubectl apply --dry-run=server -k %s: %v\n%s", dir, err, out)
 		}
 	}
 	if out, err := e.kube.Kubectl(t, "apply", "-k", "../../manifests/base"); err != nil {
 		t.Fatalf("kubectl apply -k manifests/base: %v\n%s", err, out)
+	}
+	// The route-reflectors overlay's BGPConfiguration is valid rhizome
+	// input (its Job applies it with rhizomectl).
+	e.ctl("apply", "-f", "../../manifests/overlays/route-reflectors/bgpconfiguration.yaml")
+	if out := e.ctl("get", "bgpconfig"); !strings.Contains(out, "false") {
+		t.Errorf("after the overlay's BGPConfiguration the mesh should be off:\n%s", out)
 	}
 	sa := e.kube.ServiceAccountKubeconfig(t, "kube-system", "rhizome-node")
 	for _, c := range []struct {

@@ -195,10 +195,8 @@ func (l *Lab) Kill(name string) error {
 	return fmt.Errorf("no running process %q in the lab", name)
 }
 
-// Restart stops a process of the lab (SIGTERM, as a DaemonSet update
-// would) and starts it again with the same arguments; for an agent it
-// waits until the new one is ready.
-func (l *Lab) Restart(ctx context.Context, name string) error {
+// Stop stops a process of the lab with SIGTERM and waits for it to end.
+func (l *Lab) Stop(name string) (Proc, error) {
 	var p Proc
 	for _, q := range l.st.Procs {
 		if q.Name == name {
@@ -206,18 +204,29 @@ func (l *Lab) Restart(ctx context.Context, name string) error {
 		}
 	}
 	if p.PID == 0 {
-		return fmt.Errorf("no process %q in the lab", name)
+		return p, fmt.Errorf("no process %q in the lab", name)
 	}
 	if l.ours(p.PID) {
 		if err := syscall.Kill(p.PID, syscall.SIGTERM); err != nil {
-			return err
+			return p, err
 		}
 	}
 	for deadline := time.Now().Add(10 * time.Second); l.ours(p.PID); {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s (pid %d) still runs 10s after SIGTERM", name, p.PID)
+			return p, fmt.Errorf("%s (pid %d) still runs 10s after SIGTERM", name, p.PID)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	return p, nil
+}
+
+// Restart stops a process of the lab (SIGTERM, as a DaemonSet update
+// would) and starts it again with the same arguments; for an agent it
+// waits until the new one is ready.
+func (l *Lab) Restart(ctx context.Context, name string) error {
+	p, err := l.Stop(name)
+	if err != nil {
+		return err
 	}
 	if err := l.start(name, p.NetNS, p.Args[0], p.Args[1:]...); err != nil {
 		return err

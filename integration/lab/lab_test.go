@@ -12,7 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netns"
+
 	"github.com/rhizome-net/rhizome/cni/cnitest"
+	"github.com/rhizome-net/rhizome/dataplane"
 )
 
 func TestSeed000TopologyAndErrors(t *testing.T) {
@@ -54,7 +57,7 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		for pkg, name := range map[string]string{"../../cmd/rhizome-node": "rhizome-node", "../../cmd/rhizome-cni": "rhizome-cni",
-			"../../cmd/rhizomectl": "rhizomectl", "./cmd/rhizome-lab": "rhizome-lab"} {
+			"../../cmd/rhizome-ipam": "rhizome-ipam", "../../cmd/rhizomectl": "rhizomectl", "./cmd/rhizome-lab": "rhizome-lab"} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
 			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 			if out, err := cmd.CombinedOutput(); err != nil {
@@ -149,5 +152,54 @@ func TestPrivilegedSeed000Lab(t *testing.T) {
 		if !strings.Contains(report.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, report.String())
 		}
+	}
+
+	// Uninstall kube-node-1 (issue 8): its pods gone, its agent stopped,
+	// `rhizome-node --cleanup` leaves no rhizome route, pod link, NAT rule
+	// or file (install-cni's files go to this test's directories, never
+	// the host's).
+	n1 := nodeByName(l, "kube-node-1")
+	for _, p := range l.State().Pods {
+		if p.Node == n1.Name {
+			if err := l.DeletePod(ctx, p.Name); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := l.Stop(n1.Name); err != nil {
+		t.Fatal(err)
+	}
+	cniBin, cniConf := t.TempDir(), t.TempDir()
+	dirs := []string{"--cni-bin-dir", cniBin, "--cni-conf-dir", cniConf, "--cni-socket", n1.Socket}
+	if out, err := exec.Command(filepath.Join(binDir, "rhizome-node"), append([]string{"install-cni", "--src-dir", binDir}, dirs...)...).CombinedOutput(); err != nil {
+		t.Fatalf("install-cni: %v\n%s", err, out)
+	}
+	h, err := netns.GetFromName(n1.NetNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if n, err := dataplane.NewNATManager(h).NATRuleCount(); err != nil || n == 0 {
+		t.Fatalf("kube-node-1 has %d natOutgoing rules before the clean-up (%v); want some", n, err)
+	}
+	if out, err := exec.Command("ip", append([]string{"netns", "exec", n1.NetNS, filepath.Join(binDir, "rhizome-node"), "--cleanup"}, dirs...)...).CombinedOutput(); err != nil {
+		t.Fatalf("rhizome-node --cleanup: %v\n%s", err, out)
+	}
+	if routes, _ := l.Routes(n1.Name); strings.TrimSpace(routes) != "" {
+		t.Errorf("rhizome routes left on kube-node-1 after --cleanup:\n%s", routes)
+	}
+	if links, _ := exec.Command("ip", "-n", n1.NetNS, "-o", "link", "show").CombinedOutput(); strings.Contains(string(links), ": rz") {
+		t.Errorf("pod links left on kube-node-1:\n%s", links)
+	}
+	if n, err := dataplane.NewNATManager(h).NATRuleCount(); err != nil || n != 0 {
+		t.Errorf("natOutgoing rules left on kube-node-1: %d (%v)", n, err)
+	}
+	for _, dir := range []string{cniBin, cniConf} {
+		if left, _ := os.ReadDir(dir); len(left) > 0 {
+			t.Errorf("--cleanup left files in %s: %v", dir, left)
+		}
+	}
+	if _, err := os.Stat(n1.Socket); !os.IsNotExist(err) {
+		t.Errorf("--cleanup left the agent's socket %s", n1.Socket)
 	}
 }
