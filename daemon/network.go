@@ -181,8 +181,8 @@ func (n *network) run(ctx context.Context) {
 		go func() { defer wg.Done(); _ = n.routes.Run(ctx) }()
 	}
 	defer func() {
+		wg.Wait() // the follows and the reconciler end with ctx
 		n.stop()
-		wg.Wait()
 	}()
 	waitGroup(ctx, &synced)
 
