@@ -215,6 +215,13 @@ func (a *Agent) serve(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The election has an etcd client of its own, closed when the agent
+	// stops: a campaign cancelled while etcd is unreachable resigns with
+	// the client's context and would otherwise hold the exit forever.
+	elStore, err := datastore.New(datastore.Config{Endpoints: a.cfg.EtcdEndpoints, CertFile: a.cfg.EtcdCert, KeyFile: a.cfg.EtcdKey, CAFile: a.cfg.EtcdCA})
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errs := make(chan error, 3)
@@ -256,7 +263,8 @@ func (a *Agent) serve(ctx context.Context) error {
 	}
 	ctl := &controller{store: a.store, res: a.res, view: a.view, log: a.log.With("role", "controller"),
 		grace: a.cfg.LeakGracePeriod, metrics: a.m, now: time.Now, leakedAt: map[leakKey]time.Time{}}
-	run(func() { ctl.runElected(ctx, a.store.Client(), a.cfg.NodeName, a.cfg.ControllerInterval) })
+	run(func() { <-ctx.Done(); _ = elStore.Close() })
+	run(func() { ctl.runElected(ctx, elStore.Client(), a.cfg.NodeName, a.cfg.ControllerInterval) })
 
 	var err2 error
 	select {

@@ -146,3 +146,22 @@ func grepLines(s, substr string) string {
 	}
 	return fmt.Sprint(strings.Join(out, "\n"))
 }
+
+// An agent whose etcd is gone still stops promptly and cleanly on SIGTERM
+// (a node drained while the datastore is down): the controller election
+// used to hang resigning on an unreachable etcd.
+func TestPrivilegedAgentStopsWithoutEtcd(t *testing.T) {
+	needRoot(t)
+	c := newCluster(t)
+	a := c.agent("node-a")
+	b := c.agent("node-b") // one of the two campaigns without winning
+	c.etcd.Stop()
+	time.Sleep(time.Second)
+	for _, ag := range []*agent{a, b} {
+		start := time.Now()
+		ag.stop() // fails the test unless it exits cleanly within 10s
+		if d := time.Since(start); d > 8*time.Second {
+			t.Errorf("rhizome-node %s took %s to stop without etcd", ag.name, d)
+		}
+	}
+}
