@@ -23,7 +23,7 @@ func tunnelHandle(node string) string { return "ipip-tunnel-addr-" + node }
 // tunl0, or why IPIP routes cannot be installed.
 func (n *network) syncTunnel(ctx context.Context, in routingInput, pools []dataplane.Pool) (dataplane.Link, string) {
 	if !dataplane.NeedsIPIP(pools) {
-		n.setTunnelAddr(ctx, netip.Addr{})
+		n.setTunnelAddr(ctx, in, netip.Addr{})
 		if n.tunnelOn {
 			if err := n.tunnel.Release(); err != nil {
 				n.log.Warn("release tunl0", "err", err)
@@ -44,13 +44,13 @@ func (n *network) syncTunnel(ctx context.Context, in routingInput, pools []datap
 	if len(names) == 0 {
 		addr = netip.Addr{}
 	} else if !addr.IsValid() || !inPools(addr, in.pools, names) {
-		a, err := n.allocTunnelAddr(ctx, names)
+		a, err := n.allocTunnelAddr(ctx, in, names)
 		if err != nil {
 			n.log.Error("allocate the IPIP tunnel address", "pools", names, "err", err)
 		}
 		addr = a
 	}
-	n.setTunnelAddr(ctx, addr)
+	n.setTunnelAddr(ctx, in, addr)
 	link, err := n.tunnel.Ensure(dataplane.TunnelMTU(n.uplink.MTU), addr)
 	if err != nil {
 		msg := err.Error()
@@ -96,10 +96,10 @@ func (n *network) currentTunnelAddr() netip.Addr {
 
 // allocTunnelAddr returns the node's tunnel address: the one its handle
 // already holds (after a restart), else a new one with use Tunnel.
-func (n *network) allocTunnelAddr(ctx context.Context, pools []string) (netip.Addr, error) {
+func (n *network) allocTunnelAddr(ctx context.Context, in routingInput, pools []string) (netip.Addr, error) {
 	h := tunnelHandle(n.name)
 	if have, err := ipam.ByHandle(ctx, n.store, h); err == nil && len(have) > 0 {
-		if in := n.st.snapshot(); inPools(have[0], in.pools, pools) {
+		if inPools(have[0], in.pools, pools) {
 			return have[0], nil
 		}
 		if _, err := n.alloc.ReleaseHandle(ctx, h); err != nil {
@@ -115,8 +115,7 @@ func (n *network) allocTunnelAddr(ctx context.Context, pools []string) (netip.Ad
 
 // setTunnelAddr records the tunnel address in the Node (ipv4TunnelAddr)
 // and releases the old one when it changes.
-func (n *network) setTunnelAddr(ctx context.Context, addr netip.Addr) {
-	in := n.st.snapshot()
+func (n *network) setTunnelAddr(ctx context.Context, in routingInput, addr netip.Addr) {
 	stored := ""
 	if in.self != nil && in.self.Spec.BGP != nil {
 		stored = in.self.Spec.BGP.IPv4TunnelAddr
