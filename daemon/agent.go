@@ -292,10 +292,13 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 			}
 		case <-t.C:
 			var st api.NodeStatus
-			if blocks, inUse, err := ipam.AffineUsage(ctx, a.store, a.cfg.NodeName); err == nil {
-				a.m.blocks.Set(float64(blocks))
-				a.m.inUse.Set(float64(inUse))
-				st.IPsInUse = inUse
+			if u, err := a.alloc.Usage(ctx); err == nil {
+				a.m.blocks.Set(float64(len(u.Blocks)))
+				a.m.inUse.Set(float64(u.InUse))
+				for _, b := range u.Blocks {
+					st.Blocks = append(st.Blocks, b.String())
+				}
+				st.IPsInUse, st.IPsFree = u.InUse, u.Free
 			}
 			if a.net != nil {
 				st.BGPPeersUp, st.BGPPeers = a.net.peersUp()

@@ -390,35 +390,53 @@ func plural(n int, one, many string) string {
 	return fmt.Sprintf("%d %s", n, many)
 }
 
-// AffineUsage counts the blocks confirmed affine to node and the addresses
-// in use in them. It reads only the node's affinity records and those
-// blocks, not the whole IPAM data as ReadNodeUsage does, so an agent can
-// call it periodically for its metrics. Addresses the node borrowed in
-// other nodes' blocks are not counted.
-func AffineUsage(ctx context.Context, store datastore.Store, node string) (blocks, inUse int, err error) {
-	prefix := AffinityPrefix + node + "/"
-	kvs, _, err := store.List(ctx, prefix)
+// AffineUsage is what the blocks confirmed affine to a node hold.
+type AffineUsage struct {
+	Blocks []netip.Prefix
+	InUse  int
+	// Free counts the free addresses automatic allocation may hand out:
+	// reserved ones are left out, as in ReadUsage's Free.
+	Free int
+}
+
+// Usage counts the node's confirmed affine blocks and the addresses in use
+// and free in them. It reads only the node's affinity records and those
+// blocks, not the whole IPAM data as ReadNodeUsage does, and the pools and
+// reservations the allocator already holds, so an agent can call it
+// periodically for its Node status and metrics. Addresses the node
+// borrowed in other nodes' blocks are not counted.
+func (a *Allocator) Usage(ctx context.Context) (AffineUsage, error) {
+	var u AffineUsage
+	prefix := AffinityPrefix + a.node + "/"
+	kvs, _, err := a.store.List(ctx, prefix)
 	if err != nil {
-		return 0, 0, fmt.Errorf("list affinities of node %s: %w", node, err)
+		return u, fmt.Errorf("list affinities of node %s: %w", a.node, err)
 	}
+	snap := a.snap.Load()
 	for _, kv := range kvs {
-		var a Affinity
-		if json.Unmarshal(kv.Value, &a) != nil || a.State != AffinityConfirmed {
+		var aff Affinity
+		if json.Unmarshal(kv.Value, &aff) != nil || aff.State != AffinityConfirmed {
 			continue
 		}
-		bkv, err := store.Get(ctx, BlockPrefix+strings.TrimPrefix(kv.Key, prefix))
+		bkv, err := a.store.Get(ctx, BlockPrefix+strings.TrimPrefix(kv.Key, prefix))
 		if errors.Is(err, datastore.ErrNotFound) {
 			continue
 		}
 		if err != nil {
-			return 0, 0, err
+			return u, err
 		}
 		b, err := decodeBlock(bkv.Value)
 		if err != nil {
-			return 0, 0, err
+			return u, err
 		}
-		blocks++
-		inUse += b.inUse()
+		u.Blocks = append(u.Blocks, b.CIDR)
+		u.InUse += b.inUse()
+		p := snap.poolOf(b.CIDR.Addr())
+		for _, n := range b.Unallocated {
+			if !snap.isReserved(p, addrAt(b.CIDR, n)) {
+				u.Free++
+			}
+		}
 	}
-	return blocks, inUse, nil
+	return u, nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/big"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/rhizome-net/rhizome/api"
@@ -160,21 +161,34 @@ func TestReadNodeUsage(t *testing.T) {
 	}
 }
 
-// AffineUsage, the agent's cheap count, agrees with the full view.
-func TestAffineUsage(t *testing.T) {
+// Allocator.Usage, the agent's cheap count for its Node status, agrees with
+// the full view: the same blocks, in use and free (reserved ones left out).
+func TestAllocatorUsage(t *testing.T) {
 	c := showCluster(t)
+	ctx := context.Background()
 	for _, node := range []string{"node-a", "node-b", "node-c"} {
-		u, err := ReadNodeUsage(context.Background(), c.store(), node)
+		u, err := ReadNodeUsage(ctx, c.store(), node)
 		if err != nil {
 			t.Fatal(err)
 		}
-		wantInUse := 0
+		var wantBlocks []netip.Prefix
+		wantInUse, wantFree := 0, 0
 		for _, b := range u.Blocks {
+			wantBlocks = append(wantBlocks, b.CIDR)
 			wantInUse += b.InUse
+			wantFree += b.Free
 		}
-		blocks, inUse, err := AffineUsage(context.Background(), c.store(), node)
-		if err != nil || blocks != len(u.Blocks) || inUse != wantInUse {
-			t.Errorf("%s: AffineUsage = %d blocks, %d in use, %v; the full view has %d blocks, %d in use", node, blocks, inUse, err, len(u.Blocks), wantInUse)
+		got, err := c.allocator(node).Usage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.SortFunc(got.Blocks, netip.Prefix.Compare)
+		slices.SortFunc(wantBlocks, netip.Prefix.Compare)
+		if !slices.Equal(got.Blocks, wantBlocks) || got.InUse != wantInUse || got.Free != wantFree {
+			t.Errorf("%s: Usage = %+v; the full view has blocks %v, %d in use, %d free", node, got, wantBlocks, wantInUse, wantFree)
+		}
+		if node == "node-a" && (len(got.Blocks) == 0 || got.Free == 0 || got.InUse == 0) {
+			t.Errorf("node-a holds addresses in its blocks, Usage = %+v", got)
 		}
 	}
 }

@@ -170,6 +170,19 @@ func TestPrivilegedBGPNetworking(t *testing.T) {
 		y := l.c.ctl("get", "node", "node-1", "-o", "yaml")
 		return strings.Contains(y, "bgpPeersUp: 2") && strings.Contains(y, "bgpPeers: 2"), y
 	})
+	// ... and its block and addresses: one pod in use, the rest of the /26
+	// free but for the pool's network and broadcast addresses.
+	own := block(addrs[0])
+	pool := netip.MustParsePrefix("10.244.0.0/16")
+	wantFree := 64 - 1
+	if own.Contains(pool.Addr()) || own.Contains(netip.MustParseAddr("10.244.255.255")) {
+		wantFree--
+	}
+	eventually(t, "node-1's Node status lists its block and counts its addresses", func() (bool, string) {
+		y := l.c.ctl("get", "node", "node-1", "-o", "yaml")
+		return strings.Contains(y, "blocks:") && strings.Contains(y, "- "+own.String()+"\n") && strings.Contains(y, "ipsInUse: 1\n") &&
+			strings.Contains(y, fmt.Sprintf("ipsFree: %d\n", wantFree)), y
+	})
 
 	// Seed 004: turn the mesh off, make node-3 a route reflector, and peer
 	// every node with it through the seed's BGPPeer.
