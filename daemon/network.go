@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -25,8 +26,9 @@ import (
 	"github.com/rhizome-net/rhizome/ipam"
 )
 
-// routeSettle bounds how long a starting agent waits for BGP to relearn
-// the routes before it deletes kernel routes nobody advertises any more.
+// routeSettle bounds how long an agent waits for BGP to relearn the routes,
+// after its start or a change of its sessions, before it deletes kernel
+// routes nobody advertises any more.
 const routeSettle = 30 * time.Second
 
 // network is the node's routing: the embedded BGP speaker, reconciled to
@@ -58,6 +60,11 @@ type network struct {
 	natSet    bool
 	started   time.Time
 	routesSet bool
+	// kept are the learned routes last handed to the reconciler; while BGP
+	// settles after a change of sessions they stay in the kernel.
+	kept      map[netip.Prefix]dataplane.Route
+	holding   bool // kept routes the plan lacks are in the kernel
+	lastPeers map[netip.Addr]bgp.Peer
 	ipipLog   string
 	tunnelOn  bool // tunl0 was made ready for IPIP pools
 
@@ -65,7 +72,8 @@ type network struct {
 	learned    map[netip.Prefix]bgp.RouteEvent
 	peerStates map[netip.Addr]string
 	lastChange time.Time // of a learned route or a session
-	wantPeers  int
+	settleFrom time.Time // the start, or the last change of the sessions
+	wantPeers  map[netip.Addr]bool
 	bgpErr     string
 	plan       dataplane.Plan
 	tunnelAddr netip.Addr
@@ -156,6 +164,9 @@ func otherLinks(up dataplane.Uplink) []dataplane.Uplink {
 // leaves every route in place for the next start.
 func (n *network) run(ctx context.Context) {
 	n.started = time.Now()
+	n.mu.Lock()
+	n.settleFrom = n.started
+	n.mu.Unlock()
 	var synced sync.WaitGroup
 	var wg sync.WaitGroup
 	for _, f := range []struct {
@@ -183,9 +194,10 @@ func (n *network) run(ctx context.Context) {
 	}()
 	waitGroup(ctx, &synced)
 
-	// The tick waits for BGP to settle after the start, then retries what
-	// events do not announce (a failed tunl0, a pod's veth appearing).
+	// The tick waits for BGP to settle (every second then), and retries
+	// what events do not announce (a failed tunl0, a pod's veth appearing).
 	tick := time.NewTicker(time.Second)
+	interval := time.Second
 	defer tick.Stop()
 	for {
 		select {
@@ -198,9 +210,14 @@ func (n *network) run(ctx context.Context) {
 			n.syncKernel(ctx)
 		case <-tick.C:
 			n.syncKernel(ctx)
-			if n.routesSet {
-				tick.Reset(10 * time.Second)
-			}
+		}
+		want := 10 * time.Second
+		if !n.routesSet || n.holding {
+			want = time.Second
+		}
+		if want != interval {
+			tick.Reset(want)
+			interval = want
 		}
 	}
 }
@@ -271,7 +288,20 @@ func (n *network) syncBGP(ctx context.Context) {
 		}
 		return
 	}
-	n.wantPeers = len(peers)
+	want := make(map[netip.Addr]bgp.Peer, len(peers))
+	n.wantPeers = make(map[netip.Addr]bool, len(peers))
+	for _, p := range peers {
+		want[p.Address] = p
+		n.wantPeers[p.Address] = true
+	}
+	// Sessions added, removed or re-created (a mesh turned into route
+	// reflector clients) withdraw routes for a moment that other sessions
+	// bring back: keep the kernel's routes until BGP settles again.
+	if n.lastPeers != nil && !maps.Equal(want, n.lastPeers) && n.routesSet {
+		n.settleFrom = time.Now()
+		n.log.Info("BGP sessions changed: keeping learned routes until BGP settles", "peers", len(peers))
+	}
+	n.lastPeers = want
 }
 
 func addrOf(b *api.NodeBGPSpec, v4 bool) netip.Addr {
@@ -351,23 +381,36 @@ func (n *network) onPeer(e bgp.PeerEvent) {
 	kick(n.kernelKick)
 }
 
-// settled says whether BGP has relearned the routes since the start: every
-// session is up and nothing changed for a second, or routeSettle passed.
-// Until then the reconciler only adds and fixes routes, so a restart does
-// not delete routes that peers are about to send again.
+// settled says whether BGP has relearned the routes since the start or
+// the last change of the sessions: every session is up and nothing changed
+// for a second, or routeSettle passed. Until then no learned route leaves
+// the kernel (after a start the reconciler is not even handed the routes),
+// so neither a restart nor a switch from mesh to route reflectors deletes
+// routes that peers are about to send again.
 func (n *network) settled() bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if time.Since(n.started) > routeSettle {
+	if time.Since(n.settleFrom) > routeSettle {
 		return true
 	}
-	up := 0
-	for _, s := range n.peerStates {
-		if s == bgp.StateEstablished {
-			up++
+	return n.bgpErr == "" && n.establishedLocked() == len(n.wantPeers) && time.Since(n.lastChange) > time.Second
+}
+
+// withKept adds to routes the learned routes handed to the reconciler
+// before whose prefixes routes lacks; it returns whether it added any.
+func (n *network) withKept(routes []dataplane.Route) ([]dataplane.Route, bool) {
+	have := make(map[netip.Prefix]bool, len(routes))
+	for _, r := range routes {
+		have[r.Prefix] = true
+	}
+	added := false
+	for p, r := range n.kept {
+		if !have[p] {
+			routes = append(routes, r)
+			added = true
 		}
 	}
-	return n.bgpErr == "" && up >= n.wantPeers && time.Since(n.lastChange) > time.Second
+	return routes, added
 }
 
 // syncKernel computes the kernel routes from what BGP learned and hands
@@ -390,12 +433,19 @@ func (n *network) syncKernel(ctx context.Context) {
 	n.mu.Unlock()
 	plan := dataplane.Desired(dataplane.Input{Learned: learned, Pools: pools, Uplink: n.uplink, Others: n.others, OwnBlocks: in.ownBlocks,
 		LocalPods: n.localPods(in.handles), Tunnel: link, TunnelProblem: problem})
-	if n.routesSet || n.settled() {
+	settled := n.settled()
+	if n.routesSet || settled {
 		if !n.routesSet {
 			n.log.Info("BGP settled: programming routes", "routes", len(plan.Routes), "after", time.Since(n.started).Round(time.Millisecond))
 		}
-		n.routes.Set(plan.Routes)
+		routes := plan.Routes
+		n.holding = false
+		if !settled {
+			routes, n.holding = n.withKept(routes)
+		}
+		n.routes.Set(routes)
 		n.routesSet = true
+		n.kept = learnedRoutes(routes)
 	}
 	n.mu.Lock()
 	n.programmed = n.routesSet
@@ -414,6 +464,17 @@ func (n *network) syncKernel(ctx context.Context) {
 	n.mu.Lock()
 	n.plan, n.conditions = plan, conds
 	n.mu.Unlock()
+}
+
+// learnedRoutes are the routes to other nodes' pods among routes.
+func learnedRoutes(routes []dataplane.Route) map[netip.Prefix]dataplane.Route {
+	out := map[netip.Prefix]dataplane.Route{}
+	for _, r := range routes {
+		if r.Kind == dataplane.Direct || r.Kind == dataplane.Tunnel {
+			out[r.Prefix] = r
+		}
+	}
+	return out
 }
 
 func dataplanePools(pools []*api.IPPool) []dataplane.Pool {
@@ -458,12 +519,19 @@ func (n *network) peersUp() (up, total int) {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for _, s := range n.peerStates {
-		if s == bgp.StateEstablished {
+	return n.establishedLocked(), len(n.wantPeers)
+}
+
+// establishedLocked counts the wanted sessions that are established (the
+// states of removed peers linger in peerStates). Call it with mu held.
+func (n *network) establishedLocked() int {
+	up := 0
+	for addr := range n.wantPeers {
+		if n.peerStates[addr] == bgp.StateEstablished {
 			up++
 		}
 	}
-	return min(up, n.wantPeers), n.wantPeers
+	return up
 }
 
 // nodeConditions are the conditions the Node's status carries.
