@@ -1,5 +1,5 @@
 // Package ctl implements rhizomectl, the operator CLI: resource commands
-// (apply, create, replace, delete, get, patch) against the etcd datastore.
+// (apply, create, replace, delete, get, patch, edit) against the etcd datastore.
 package ctl
 
 import (
@@ -79,6 +79,7 @@ Connection settings come from flags or the environment:
 		newDeleteCommand(o),
 		newGetCommand(o),
 		newPatchCommand(o),
+		newEditCommand(o),
 		newIPAMCommand(o),
 		newNodeCommand(o),
 	)
