@@ -221,6 +221,10 @@ spec:
 	}
 	wantOutput(t, "patch rr", c.ok("", "patch", "node", "rke-node4", "-p", `{"spec": {"bgp": {"routeReflectorClusterID": "244.0.0.1"}}}`),
 		"node/rke-node4 patched\n")
+	// The seed prints this patch with typographic quotes; copied as is, it
+	// must fail saying so.
+	c.fails("", []string{"patch", "node", "node-1", "-p", `{"spec": {"bgp": {“asNumber”: “64514”}}}`},
+		"typographic quotes", "use plain double quotes")
 	wantOutput(t, "patch asn", c.ok("", "patch", "node", "node-1", "-p", `{"spec": {"bgp": {"asNumber": "64514"}}}`),
 		"node/node-1 patched\n")
 	wantOutput(t, "get nodes -o wide", c.ok("", "get", "nodes", "-o", "wide"), ""+

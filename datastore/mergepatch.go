@@ -1,6 +1,7 @@
 package datastore
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,10 @@ import (
 func MergePatch(doc, patch []byte) ([]byte, error) {
 	var p any
 	if err := json.Unmarshal(patch, &p); err != nil {
+		if bytes.ContainsAny(patch, "“”‘’") {
+			// Copied from a web page or a word processor.
+			return nil, fmt.Errorf("the patch is not valid JSON: it has typographic quotes (“ ”), use plain double quotes (\"): %w", err)
+		}
 		return nil, fmt.Errorf("the patch is not valid JSON: %w", err)
 	}
 	if _, ok := p.(map[string]any); !ok {
