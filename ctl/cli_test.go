@@ -73,8 +73,14 @@ type result struct {
 
 func (c *cli) run(stdin string, args ...string) result {
 	c.t.Helper()
+	return c.runEnv(nil, stdin, args...)
+}
+
+// runEnv runs rhizomectl with env added to the environment.
+func (c *cli) runEnv(env []string, stdin string, args ...string) result {
+	c.t.Helper()
 	cmd := exec.Command(c.bin, args...)
-	cmd.Env = append(os.Environ(), "RHIZOME_ETCD_ENDPOINTS="+c.endpoints)
+	cmd.Env = append(append(os.Environ(), "RHIZOME_ETCD_ENDPOINTS="+c.endpoints), env...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

@@ -1,9 +1,7 @@
 package ctl_test
 
 import (
-	"bytes"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -30,18 +28,7 @@ func editor(t *testing.T, c *cli, body string) (env []string, dir string) {
 
 func (c *cli) edit(env []string, args ...string) result {
 	c.t.Helper()
-	cmd := exec.Command(c.bin, append([]string{"edit"}, args...)...)
-	cmd.Env = append(os.Environ(), env...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		c.t.Fatalf("run rhizomectl edit: %v", err)
-	}
-	return result{out.String(), errb.String(), code}
+	return c.runEnv(env, "", append([]string{"edit"}, args...)...)
 }
 
 const editPool = `apiVersion: rhizome.io/v1
