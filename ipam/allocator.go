@@ -31,6 +31,8 @@ type Allocator struct {
 
 	snap atomic.Pointer[snapshot]
 	ops  chan *op
+	// reloaded tells the loop a new snapshot is in: pools may be gone.
+	reloaded chan struct{}
 
 	// labelsMu orders snapshot stores against SetNodeLabels; pendingLabels
 	// are labels set ahead of the store, kept until a load shows them.
@@ -112,6 +114,7 @@ func NewAllocator(ctx context.Context, store datastore.Store, node string, opts 
 		log:        o.log.With("node", node),
 		opts:       o,
 		ops:        make(chan *op, 1024),
+		reloaded:   make(chan struct{}, 1),
 		eng:        newEngine(store, node, true),
 		emptySince: map[netip.Prefix]time.Time{},
 		closed:     make(chan struct{}),
@@ -217,7 +220,11 @@ func (a *Allocator) loop(ctx context.Context) {
 		case o := <-a.ops:
 			batch = append(batch, o)
 		case <-tick.C:
+			a.releaseOrphanBlocks(ctx)
 			a.releaseIdleBlocks(ctx)
+			continue
+		case <-a.reloaded:
+			a.releaseOrphanBlocks(ctx)
 			continue
 		case <-ctx.Done():
 			return
@@ -232,6 +239,7 @@ func (a *Allocator) loop(ctx context.Context) {
 			}
 		}
 		a.process(ctx, batch)
+		a.releaseOrphanBlocks(ctx) // a release may have emptied one
 	}
 }
 
@@ -345,6 +353,34 @@ func (a *Allocator) noteEmpty(p *plan) {
 	}
 }
 
+// releaseOrphanBlocks gives back at once the empty affine blocks that no
+// pool holds any more (their pool was deleted), as Calico releases a
+// deleted pool's affinities: nothing can be allocated from them, and the
+// node would go on routing and advertising them. Blocks that still hold
+// addresses stay until those are released.
+func (a *Allocator) releaseOrphanBlocks(ctx context.Context) {
+	snap := a.snap.Load()
+	var orphans []netip.Prefix
+	for c, cb := range a.eng.cache {
+		if !cb.stale && cb.b.empty() && snap.poolOf(c.Addr()) == nil {
+			orphans = append(orphans, c)
+		}
+	}
+	for _, c := range orphans {
+		wctx, cancel := context.WithTimeout(ctx, a.opts.writeTimeout)
+		ok, err := a.eng.releaseBlock(wctx, c, a.eng.cache[c].rev)
+		cancel()
+		delete(a.emptySince, c)
+		if err != nil {
+			a.log.Warn("release block of a deleted pool", "block", c, "err", err)
+			continue
+		}
+		if ok {
+			a.log.Info("released empty block: no pool holds it", "block", c)
+		}
+	}
+}
+
 // releaseIdleBlocks gives back affine blocks that stayed empty for the idle
 // period, keeping at least one block.
 func (a *Allocator) releaseIdleBlocks(ctx context.Context) {
@@ -392,6 +428,10 @@ func (a *Allocator) watch(ctx context.Context) {
 			var snap *snapshot
 			if snap, err = loadSnapshot(ctx, a.res, a.node); err == nil {
 				a.storeSnapshot(snap)
+				select {
+				case a.reloaded <- struct{}{}:
+				default:
+				}
 				a.waitForChange(ctx, rev+1)
 				continue
 			}

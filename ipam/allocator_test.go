@@ -433,6 +433,61 @@ func TestIdleBlocksAreReleasedKeepingOne(t *testing.T) {
 	assign(t, a, "again")
 }
 
+// Deleting a pool gives back its empty affine blocks at once (not after
+// the idle period, and the node's only block too); a block that still
+// holds an address stays until the address is released.
+func TestDeletedPoolsEmptyBlocksAreReleased(t *testing.T) {
+	c := newCluster(t)
+	ctx := context.Background()
+	c.apply(newTestPool("old", "10.0.0.0/24", 26), newTestPool("busy", "10.1.0.0/24", 26))
+	a := c.allocator("node-a", WithIdleRelease(time.Hour))
+	assign(t, a, "gone", func(r *Request) { r.Pools = []string{"old"} })
+	assign(t, a, "kept", func(r *Request) { r.Pools = []string{"busy"} })
+	if _, err := a.ReleaseHandle(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	blocks := func() []string {
+		kvs, _, err := c.store().List(ctx, AffinityPrefix+"node-a/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, kv := range kvs {
+			out = append(out, kv.Key[strings.LastIndexByte(kv.Key, '/')+1:])
+		}
+		return out
+	}
+	if got := blocks(); len(got) != 2 {
+		t.Fatalf("affinities before the pools are deleted: %v, want 2", got)
+	}
+	for _, p := range []string{"old", "busy"} {
+		if _, err := c.res.Delete(ctx, api.KindIPPool, p, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor := func(what string, want int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for len(blocks()) != want && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if got := blocks(); len(got) != want {
+			t.Fatalf("%s: affinities %v, want %d", what, got, want)
+		}
+	}
+	waitFor("after the pools are deleted, only the block holding an address", 1)
+	if got := blocks()[0]; !strings.HasPrefix(got, "10.1.0.0") {
+		t.Errorf("the block left is %s, want the one of pool busy", got)
+	}
+	if _, err := a.ReleaseHandle(ctx, "kept"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("after its last address is released", 0)
+	if kvs, _, _ := c.store().List(ctx, BlockPrefix); len(kvs) != 0 {
+		t.Errorf("%d blocks left", len(kvs))
+	}
+}
+
 func TestReleaseNodeAffinities(t *testing.T) {
 	c := newCluster(t)
 	c.apply(newTestPool("p", "10.0.0.0/24", 26))
