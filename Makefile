@@ -161,7 +161,8 @@ lab-bin: build
 
 ## lab-kernel: `make lab` with ipipMode: Always, inside the qemu-booted kernel of test-kernel (this
 ## machine's has no ipip): the same report, tunl0 routes, PASS/FAIL. About 1.5 min on 2 cores (TCG).
-## The guest gets the lab's binaries (static, stripped) and the host's ip with its libraries.
+## The guest gets the lab's binaries (static, stripped; no -trimpath, so the compiled packages are
+## the ones the lab tests' own go build uses in make test) and the host's ip with its libraries.
 LAB_KERNEL_BIN := $(CACHE)/lab-kernel/bin
 LAB_KERNEL_VM   = -cpus 2 -memory 2G -host-programs ip -files $(LAB_KERNEL_BIN) -kernel-dir $$(cat $(CACHE)/vmexec/kernel-dir)
 .PHONY: lab-kernel lab-kernel-bin
@@ -173,8 +174,8 @@ lab-kernel-bin:
 	@echo "==> building the lab's binaries for the guest into $(LAB_KERNEL_BIN)"
 	@mkdir -p $(LAB_KERNEL_BIN)
 	@for b in rhizome-node rhizome-cni rhizomectl; do \
-	  CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(LAB_KERNEL_BIN)/$$b ./cmd/$$b; done
-	@CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(LAB_KERNEL_BIN)/rhizome-lab ./integration/lab/cmd/rhizome-lab
+	  CGO_ENABLED=0 $(GO) build -ldflags '-s -w' -o $(LAB_KERNEL_BIN)/$$b ./cmd/$$b; done
+	@CGO_ENABLED=0 $(GO) build -ldflags '-s -w' -o $(LAB_KERNEL_BIN)/rhizome-lab ./integration/lab/cmd/rhizome-lab
 
 ## bgp-deps: BIRD 2 and FRR for the BGP interop tests (apt-get install when missing).
 ## Under make the interop tests fail, not skip, when they are missing.
