@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -290,6 +291,38 @@ func TestKernelLabIPIPModeChanges(t *testing.T) {
 			})
 		}
 	}
+	// checkAddresses waits until each pool has exactly its pods'
+	// addresses in use, plus one tunnel address per node it selects while
+	// it uses IPIP: the tunnel addresses are released in Never.
+	checkAddresses := func(mode string) {
+		t.Helper()
+		want := map[string]int{}
+		for _, p := range l.State().Pods {
+			for i, pool := range seedPools {
+				if pool.Contains(p.IP) {
+					want[seedPools[i].String()]++
+				}
+			}
+		}
+		if mode != "Never" {
+			for _, n := range l.podNodes() {
+				a := nodeByName(l, n).Addr.Addr().As4()
+				want[seedPools[a[2]].String()]++ // rack i's nodes are in 10.0.i.0/24
+			}
+		}
+		eventually(t, "the pools' addresses in use with ipipMode "+mode, func() (bool, string) {
+			out, err := l.Ctl("ipam", "show")
+			got := map[string]int{}
+			for _, line := range strings.Split(out, "\n") {
+				if f := strings.Fields(line); len(f) > 5 && f[0] == "IP" && f[1] == "Pool" {
+					var n int
+					fmt.Sscan(f[5], &n)
+					got[f[2]] = n
+				}
+			}
+			return err == nil && maps.Equal(got, want), fmt.Sprintf("in use %v, want %v:\n%s", got, want, out)
+		})
+	}
 	// throughTunnel connects from one pod to another a few times and says
 	// whether the packets went through tunl0 on both nodes.
 	throughTunnel := func(from, to Pod) bool {
@@ -323,6 +356,7 @@ func TestKernelLabIPIPModeChanges(t *testing.T) {
 	}
 
 	checkMode("Always")
+	checkAddresses("Always")
 	expectTunnel("Always", p0, p1, true)
 	expectTunnel("Always", p0, p2, true)
 
@@ -338,6 +372,7 @@ func TestKernelLabIPIPModeChanges(t *testing.T) {
 			}
 		}
 		checkMode(step.mode)
+		checkAddresses(step.mode)
 		time.Sleep(time.Second) // connections after the last change, too
 		tries, fails := stop()
 		t.Logf("switch to ipipMode %s: routes and tunl0 settled in %s; %d of %d connections failed during the switch",
