@@ -328,8 +328,9 @@ func TestKernelLabIPIPModeChanges(t *testing.T) {
 	throughTunnel := func(from, to Pod) bool {
 		t.Helper()
 		a, b := nodeByName(l, from.Node), nodeByName(l, to.Node)
+		time.Sleep(300 * time.Millisecond) // earlier connections closed
 		ta, tb := tunl0(t, a), tunl0(t, b)
-		const conns = 5
+		const conns = 10
 		for range conns {
 			if err := ask(ctx, from.NetNS, to); err != nil {
 				t.Fatalf("%s -> %s: %v", from.Name, to.Name, err)
@@ -339,10 +340,14 @@ func TestKernelLabIPIPModeChanges(t *testing.T) {
 		sent, recv := ta2.TX-ta.TX, tb2.RX-tb.RX
 		t.Logf("%d connections %s (%s) -> %s (%s): tunl0 sent %d packets on %s, received %d on %s",
 			conns, from.Name, a.Name, to.Name, b.Name, sent, a.Name, recv, b.Name)
+		// Each connection is at least 3 packets each way. The counters are
+		// per node, not per connection: a late packet of an earlier
+		// connection to another rack (its last ACK) may pass tunl0 while
+		// these run, so "not through" allows a few.
 		switch {
-		case sent >= conns && recv >= conns:
+		case sent >= 3*conns && recv >= 3*conns:
 			return true
-		case sent == 0 && recv == 0:
+		case sent < conns && recv < conns:
 			return false
 		}
 		t.Errorf("%s -> %s: tunl0 counters moved partly (sent %d, received %d)", from.Name, to.Name, sent, recv)
