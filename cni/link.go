@@ -68,7 +68,7 @@ func (p *podNet) setup() (host, cont net.Interface, err error) {
 		return host, cont, fmt.Errorf("open network namespace %s: %w", p.netns, err)
 	}
 	defer contNS.Close()
-	ch, err := netlinksafe.NewHandleAt(netns.NsHandle(int(contNS.Fd())))
+	ch, err := netlinksafe.NewHandleAt(netns.NsHandle(int(contNS.Fd())), unix.NETLINK_ROUTE)
 	if err != nil {
 		return host, cont, fmt.Errorf("netlink in %s: %w", p.netns, err)
 	}
@@ -76,7 +76,7 @@ func (p *podNet) setup() (host, cont net.Interface, err error) {
 	if err := deleteLink(ch, p.ifName); err != nil {
 		return host, cont, fmt.Errorf("remove the old %s in %s: %w", p.ifName, p.netns, err)
 	}
-	hh, err := netlinksafe.NewHandle()
+	hh, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return host, cont, fmt.Errorf("netlink in the host namespace: %w", err)
 	}
@@ -205,7 +205,7 @@ func (p *podNet) teardown(force bool) error {
 			return fmt.Errorf("remove %s in %s: %w", p.ifName, p.netns, err)
 		}
 	}
-	hh, err := netlinksafe.NewHandle()
+	hh, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return err
 	}
@@ -257,7 +257,7 @@ func (p *podNet) check() error {
 		return fmt.Errorf("open network namespace %s: %w", p.netns, err)
 	}
 	defer contNS.Close()
-	ch, err := netlinksafe.NewHandleAt(netns.NsHandle(int(contNS.Fd())))
+	ch, err := netlinksafe.NewHandleAt(netns.NsHandle(int(contNS.Fd())), unix.NETLINK_ROUTE)
 	if err != nil {
 		return err
 	}
@@ -297,7 +297,7 @@ func (p *podNet) check() error {
 		}
 	}
 
-	hh, err := netlinksafe.NewHandle()
+	hh, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return err
 	}

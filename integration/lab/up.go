@@ -242,6 +242,8 @@ func (l *Lab) configure(_ context.Context, topo *Topology) error {
 	if !l.st.IPIP {
 		l.logf("This kernel has no ipip support: the pools use ipipMode: Never and the router routes pod prefixes.")
 		res = strings.ReplaceAll(res, "ipipMode: Always", "ipipMode: Never")
+	} else {
+		l.logf("This kernel has ipip: the pools keep their ipipMode (tunl0 routes for IPIP pools).")
 	}
 	steps := [][]string{{"get", "ippool", "-o", "wide"}}
 	if topo.DefaultPoolCIDR != "" {

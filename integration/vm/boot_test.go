@@ -53,11 +53,15 @@ func TestGuestRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var bootWith func(t *testing.T, g Guest, files []string, args ...string) (Result, string, error)
 	boot := func(t *testing.T, g Guest, args ...string) (Result, string, error) {
+		return bootWith(t, g, nil, args...)
+	}
+	bootWith = func(t *testing.T, g Guest, files []string, args ...string) (Result, string, error) {
 		var console strings.Builder
 		res, err := g.Run(context.Background(), Payload{
 			Binary: bin, Args: args, Env: []string{"RHIZOME_VM_TEST=a b=c"},
-			WorkDir: wd, Files: []string{filepath.Join(wd, "testdata")},
+			WorkDir: wd, Files: append([]string{filepath.Join(wd, "testdata")}, files...),
 		}, &console)
 		t.Logf("guest console:\n%s", console.String())
 		return res, console.String(), err
@@ -72,6 +76,19 @@ func TestGuestRun(t *testing.T) {
 		want := fmt.Sprintf(`payload: args=["exit" "7" "two words"] env="a b=c" wd=%s testdata=true uid=0`, wd)
 		if !strings.Contains(console, want+"\n") {
 			t.Errorf("guest console lacks the line %q", want)
+		}
+	})
+	t.Run("host program", func(t *testing.T) {
+		t.Parallel()
+		ip, err := HostProgram("ip")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The host's iproute2, dynamically linked, runs with the loader
+		// and libraries copied in as files; busybox's ip has no netns.
+		res, console, err := bootWith(t, g, ip, "run", ip[0], "netns", "add", "probe")
+		if err != nil || res.ExitCode != 0 {
+			t.Fatalf("ip netns add in the guest: %+v, %v; want exit status 0:\n%s", res, err, console)
 		}
 	})
 	t.Run("no status", func(t *testing.T) {

@@ -38,8 +38,10 @@ type Payload struct {
 	Args    []string // its arguments; none may contain a newline
 	Env     []string // KEY=VALUE added to the guest's environment
 	WorkDir string   // created in the guest and made the working directory
-	// Files are host directories copied into the guest at the same path
-	// (a test package's testdata); missing ones are left out.
+	// Files are host directories and files copied into the guest at the
+	// same path (a test package's testdata, prebuilt binaries, a host
+	// program and its libraries from HostProgram); missing ones are left
+	// out.
 	Files []string
 }
 
@@ -221,22 +223,23 @@ func writePayload(w io.Writer, p Payload) error {
 
 // copyTree adds the host directory dir, its parents and its regular files
 // and directories (symlinks and others are left out) under the same
-// absolute path.
+// absolute path. A regular file (or a symlink to one) is added with its
+// parents, as a regular file.
 func copyTree(c *cpio, dir string) error {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return fmt.Errorf("copy %s into the guest: %w", dir, err)
 	}
-	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+	st, err := os.Stat(dir)
+	if err != nil || (!st.IsDir() && !st.Mode().IsRegular()) {
 		return nil
 	}
-	var parents []string
-	for d := filepath.Dir(dir); d != "/"; d = filepath.Dir(d) {
-		parents = append(parents, d)
+	if st.Mode().IsRegular() {
+		addParents(c, dir)
+		c.CopyFile(dir, uint32(st.Mode().Perm()), dir)
+		return nil
 	}
-	for i := len(parents) - 1; i >= 0; i-- {
-		c.Dir(parents[i], 0o755)
-	}
+	addParents(c, dir)
 	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return fmt.Errorf("copy %s into the guest: %w", p, err)
@@ -253,6 +256,18 @@ func copyTree(c *cpio, dir string) error {
 		}
 		return nil
 	})
+}
+
+// addParents adds the directories above the absolute path p, outermost
+// first; the kernel's unpacker accepts a directory that already exists.
+func addParents(c *cpio, p string) {
+	var parents []string
+	for d := filepath.Dir(p); d != "/"; d = filepath.Dir(d) {
+		parents = append(parents, d)
+	}
+	for i := len(parents) - 1; i >= 0; i-- {
+		c.Dir(parents[i], 0o755)
+	}
 }
 
 func or(s, def string) string {

@@ -3,9 +3,15 @@
 //	vmexec prepare -cache DIR [-kernel-package PKG] [-modules LIST]
 //	    fetches the kernel and builds the base initramfs; prints the kernel
 //	    directory to pass to run.
-//	vmexec run -kernel-dir DIR [-fail-on-skip] [-cpus N] TESTBINARY ARGS...
-//	    the `go test -exec` program: boots TESTBINARY with ARGS in the guest
-//	    and exits with the status it reported (1 when it reported none).
+//	vmexec run -kernel-dir DIR [-fail-on-skip] [-cpus N] [-memory SIZE]
+//	        [-files PATH,...] [-host-programs NAME,...] [-timeout D]
+//	        PROGRAM ARGS...
+//	    the `go test -exec` program: boots PROGRAM (a test binary, or any
+//	    static program such as rhizome-lab) with ARGS in the guest and exits
+//	    with the status it reported (1 when it reported none). -files copies
+//	    host directories and files in at the same path, -host-programs a
+//	    host program from PATH with its shared libraries (ip: busybox's
+//	    lacks netns).
 package main
 
 import (
@@ -90,6 +96,10 @@ func runTest(ctx context.Context, args []string, stdout io.Writer) (int, error) 
 	busybox := fs.String("busybox", "/bin/busybox", "static busybox (package busybox-static)")
 	modules := fs.String("modules", strings.Join(vm.DefaultModules(), ","), "kernel modules to load in the guest, comma-separated")
 	cpus := fs.Int("cpus", 1, "virtual CPUs")
+	memory := fs.String("memory", "1G", "guest memory, as qemu's -m takes it")
+	files := fs.String("files", "", "host directories and files to copy into the guest at the same path, comma-separated")
+	hostProgs := fs.String("host-programs", "", "host programs (found on PATH) to copy into the guest with their shared libraries, comma-separated")
+	timeout := fs.Duration("timeout", 0, "boot to power-off limit; default the test binary's -test.timeout plus a minute, or 11m")
 	failOnSkip := fs.Bool("fail-on-skip", false, "fail when go test -v output shows a skipped test: in the VM nothing may skip")
 	if err := fs.Parse(args); err != nil {
 		return 2, err
@@ -112,13 +122,25 @@ func runTest(ctx context.Context, args []string, stdout io.Writer) (int, error) 
 	if err != nil {
 		return 1, fmt.Errorf("working directory: %w", err)
 	}
-	g := vm.Guest{Kernel: k.Image(), Base: base.Path, CPUs: *cpus, Timeout: guestTimeout(testArgs)}
+	copied := []string{filepath.Join(wd, "testdata")}
+	copied = append(copied, splitList(*files)...)
+	for _, name := range splitList(*hostProgs) {
+		f, err := vm.HostProgram(name)
+		if err != nil {
+			return 1, err
+		}
+		copied = append(copied, f...)
+	}
+	g := vm.Guest{Kernel: k.Image(), Base: base.Path, CPUs: *cpus, Memory: *memory, Timeout: *timeout}
+	if g.Timeout == 0 {
+		g.Timeout = guestTimeout(testArgs)
+	}
 	res, err := g.Run(ctx, vm.Payload{
 		Binary:  binary,
 		Args:    guestArgs(testArgs, *failOnSkip),
 		Env:     guestEnv(os.Environ()),
 		WorkDir: wd,
-		Files:   []string{filepath.Join(wd, "testdata")},
+		Files:   copied,
 	}, stdout)
 	if err != nil {
 		return 1, err
@@ -127,6 +149,17 @@ func runTest(ctx context.Context, args []string, stdout io.Writer) (int, error) 
 		return 1, errors.New("tests were skipped inside the VM, where everything they need is there: see the SKIP lines above")
 	}
 	return res.ExitCode, nil
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // guestTimeout gives the guest the test binary's own -test.timeout and a

@@ -40,3 +40,12 @@ func TestGuestEnv(t *testing.T) {
 		t.Errorf("guestEnv = %q, want %q", got, want)
 	}
 }
+
+func TestSplitList(t *testing.T) {
+	if got := splitList(" a,,b ,"); !reflect.DeepEqual(got, []string{"a", "b"}) {
+		t.Errorf("splitList = %q, want [a b]", got)
+	}
+	if got := splitList(""); got != nil {
+		t.Errorf("splitList(\"\") = %q, want none", got)
+	}
+}

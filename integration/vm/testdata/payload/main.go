@@ -1,11 +1,14 @@
 // Command payload is booted by package vm's tests. It prints what the
 // guest handed it and ends as its first argument says: "exit N",
-// "poweroff" (without returning to /init) or "hang".
+// "poweroff" (without returning to /init), "hang", or "run PROGRAM ARGS..."
+// (runs it and exits with its status).
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"strconv"
 	"syscall"
 )
@@ -27,6 +30,19 @@ func main() {
 		syscall.Reboot(syscall.LINUX_REBOOT_CMD_POWER_OFF)
 	case "hang":
 		select {}
+	case "run":
+		cmd := exec.Command(os.Args[2], os.Args[3:]...)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		err := cmd.Run()
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			os.Exit(exit.ExitCode())
+		}
+		if err != nil {
+			fmt.Println("payload:", err)
+			os.Exit(102)
+		}
+		os.Exit(0)
 	}
 	os.Exit(101)
 }
