@@ -120,6 +120,14 @@ func (l *Lab) Ctl(args ...string) (string, error) { return l.ctl("", args...) }
 // and nodes, the pools, the blocks, one node's BGP status and every node's
 // rhizome routes.
 func (l *Lab) Report(w io.Writer) error {
+	if l.st.Kube != nil {
+		out, err := l.Kubectl("", "get", "pods", "-o", "wide", "--all-namespaces")
+		fmt.Fprintf(w, "$ kubectl get pods -o wide --all-namespaces\n%s", out)
+		if err != nil {
+			return err
+		}
+		return l.report(w)
+	}
 	fmt.Fprintln(w, "$ kubectl get pods -o wide   # the lab's pods")
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tIP\tNODE")
@@ -129,6 +137,11 @@ func (l *Lab) Report(w io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Name, p.IP, p.Node)
 	}
 	tw.Flush()
+	return l.report(w)
+}
+
+// report is the rhizome part of Report.
+func (l *Lab) report(w io.Writer) error {
 	for _, args := range [][]string{{"get", "ippool", "-o", "wide"}, {"ipam", "show", "--show-blocks"}} {
 		out, err := l.ctl("", args...)
 		fmt.Fprintf(w, "\n$ rhizomectl %s\n%s", strings.Join(args, " "), out)
