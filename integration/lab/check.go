@@ -121,8 +121,15 @@ func (l *Lab) Ctl(args ...string) (string, error) { return l.ctl("", args...) }
 // rhizome routes.
 func (l *Lab) Report(w io.Writer) error {
 	if l.st.Kube != nil {
-		out, err := l.Kubectl("", "get", "pods", "-o", "wide", "--all-namespaces")
-		fmt.Fprintf(w, "$ kubectl get pods -o wide --all-namespaces\n%s", out)
+		args := []string{"get", "pods", "-o", "wide"}
+		for _, p := range l.st.Pods {
+			if p.Namespace != "default" {
+				args = append(args, "--all-namespaces")
+				break
+			}
+		}
+		out, err := l.Kubectl("", args...)
+		fmt.Fprintf(w, "$ kubectl %s\n%s", strings.Join(args, " "), out)
 		if err != nil {
 			return err
 		}

@@ -123,7 +123,7 @@ func RunKubelet(ctx context.Context, cfg KubeletConfig) error {
 		return err
 	}
 	k := &kubelet{cfg: cfg, client: client, network: network, path: filepath.Join(cfg.StateDir, cfg.Node+".json"),
-		cni: libcni.NewCNIConfigWithCacheDir([]string{cfg.BinDir}, filepath.Join(cfg.StateDir, "cni-cache"), nil),
+		cni:   libcni.NewCNIConfigWithCacheDir([]string{cfg.BinDir}, filepath.Join(cfg.StateDir, "cni-cache"), nil),
 		queue: workqueue.NewTypedRateLimitingQueue(workqueue.NewTypedItemExponentialFailureRateLimiter[string](500*time.Millisecond, 10*time.Second))}
 	if k.st, err = loadKubeletState(k.path); err != nil {
 		return err
@@ -280,8 +280,8 @@ func (k *kubelet) postStatus(ctx context.Context) error {
 	return err
 }
 
-// heartbeat renews the node's Lease every 10 s and its status every 20 s,
-// as a kubelet does.
+// heartbeat renews the node's Lease every 10 s and reports its status
+// every 5 minutes, as a kubelet does when nothing changes.
 func (k *kubelet) heartbeat(ctx context.Context) {
 	leases := k.client.CoordinationV1().Leases(corev1.NamespaceNodeLease)
 	for i := 0; ctx.Err() == nil; i++ {
@@ -296,7 +296,7 @@ func (k *kubelet) heartbeat(ctx context.Context) {
 			l.Spec.RenewTime = &now
 			_, err = leases.Update(ctx, l, metav1.UpdateOptions{})
 		}
-		if err == nil && i%2 == 1 {
+		if err == nil && i%30 == 29 {
 			err = k.postStatus(ctx)
 		}
 		if err != nil && ctx.Err() == nil {

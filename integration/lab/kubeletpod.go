@@ -157,7 +157,7 @@ func (k *kubelet) setup(ctx context.Context, pod *corev1.Pod, sb *sandbox) (*san
 	res, err := k.cni.AddNetworkList(ctx, k.network, rt)
 	if err != nil {
 		_ = k.cni.DelNetworkList(ctx, k.network, rt)
-		return nil, fmt.Errorf("failed to setup network for sandbox %q: plugin type=\"rhizome-cni\" name=%q failed (add): %w", sb.ContainerID, k.network.Name, err)
+		return nil, fmt.Errorf("failed to setup network for sandbox %q: %w", sb.ContainerID, err)
 	}
 	r, err := types100.NewResultFromResult(res)
 	if err != nil || len(r.IPs) == 0 {

@@ -67,8 +67,8 @@ func sortedKeys(m map[string]string) []string {
 	return keys
 }
 
-// kubeWorkloads creates each workload as a Deployment with kubectl, waits
-// until its pods run with an address, and shows them as kubectl does.
+// kubeWorkloads creates each workload as a Deployment with kubectl and
+// waits until its pods run with an address.
 func (l *Lab) kubeWorkloads(ctx context.Context, topo *Topology) error {
 	for _, w := range topo.Workloads {
 		args := []string{"create", "deployment", w.Name, "--image", "nginx", "--replicas", fmt.Sprint(w.Replicas)}
@@ -90,10 +90,7 @@ func (l *Lab) kubeWorkloads(ctx context.Context, topo *Topology) error {
 			return err
 		}
 	}
-	if err := l.kubeSession("get", "pods", "-o", "wide", "--all-namespaces"); err != nil {
-		return err
-	}
-	return l.SyncKubePods(ctx)
+	return l.SyncKubePods(ctx) // Report shows them: kubectl get pods -o wide
 }
 
 // WaitPodsRunning waits until want pods of namespace match selector and
