@@ -319,20 +319,22 @@ func agentReady(ctx context.Context, netns string) error {
 // lab's binaries.
 func (l *Lab) Down() error {
 	var errs []error
-	for i := len(l.st.Procs) - 1; i >= 0; i-- {
-		p := l.st.Procs[i]
-		if !l.ours(p.PID) {
-			continue
+	// etcd last: kube-apiserver does not finish stopping without it.
+	for _, wave := range []func(Proc) bool{func(p Proc) bool { return p.Name != "etcd" }, func(p Proc) bool { return p.Name == "etcd" }} {
+		for i := len(l.st.Procs) - 1; i >= 0; i-- {
+			p := l.st.Procs[i]
+			if wave(p) && l.ours(p.PID) {
+				_ = syscall.Kill(p.PID, syscall.SIGTERM)
+			}
 		}
-		_ = syscall.Kill(p.PID, syscall.SIGTERM)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for _, p := range l.st.Procs {
-		for l.ours(p.PID) && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
-		if l.ours(p.PID) {
-			_ = syscall.Kill(p.PID, syscall.SIGKILL)
+		deadline := time.Now().Add(10 * time.Second)
+		for _, p := range l.st.Procs {
+			for wave(p) && l.ours(p.PID) && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+			}
+			if wave(p) && l.ours(p.PID) {
+				_ = syscall.Kill(p.PID, syscall.SIGKILL)
+			}
 		}
 	}
 	if err := l.downSandboxes(); err != nil {
