@@ -189,4 +189,7 @@ func (l *Lab) Explore(w io.Writer) {
   ip netns list | grep %s
 Logs are in %s. Take it down with: make lab-down
 `, l.st.Etcd, l.bin("rhizomectl"), n.NetNS, l.bin("rhizomectl"), n.NetNS, l.st.Prefix, filepath.Clean(l.opts.StateDir))
+	if l.st.Kube != nil {
+		fmt.Fprintf(w, "Kubernetes: %s --kubeconfig %s get pods -o wide\n", filepath.Join(l.st.Kube.BinDir, "kubectl"), l.st.Kube.Admin)
+	}
 }

@@ -24,7 +24,8 @@ import (
 
 // SandboxNetNS is the network namespace the lab kubelet makes for pod.
 func SandboxNetNS(prefix string, pod *corev1.Pod) string {
-	return fmt.Sprintf("%skp-%s-%s", prefix, pod.Name, strings.ReplaceAll(string(pod.UID), "-", "")[:8])
+	uid := strings.ReplaceAll(string(pod.UID), "-", "")
+	return fmt.Sprintf("%skp-%s-%s", prefix, pod.Name, uid[:min(8, len(uid))])
 }
 
 // KubePod is a running pod of the API server as the lab's Pod.
