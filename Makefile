@@ -145,16 +145,19 @@ clean:
 
 ## lab: the seed 000 cluster (4 nodes in 2 racks, a router that is the route reflector, 5 pods) in
 ## network namespaces with the real binaries: up, report, every pod pair over TCP, PASS/FAIL, down.
-## KEEP=1 leaves it up (then make lab-down). Needs root and iproute2; builds what it needs.
-lab: lab-bin
-	@$(BIN)/rhizome-lab run --bin-dir $(BIN) $(if $(KEEP),--keep)
+## KEEP=1 leaves it up (then make lab-down). K8S=1 runs it on Kubernetes (kube-apiserver, controller
+## manager, scheduler, a lab kubelet per node; kubectl session). LAB_FLAGS adds flags (--prefix P
+## --state-dir D for a second lab). Needs root and iproute2; builds what it needs.
+LAB_K8S_FLAGS = $(if $(K8S),--kubernetes --kube-bin-dir $(CACHE)/kube-$(KUBE_VERSION))
+lab: lab-bin $(if $(K8S),kube-tools)
+	@$(BIN)/rhizome-lab run --bin-dir $(BIN) $(LAB_K8S_FLAGS) $(if $(KEEP),--keep) $(LAB_FLAGS)
 
 ## lab-up / lab-down: bring the lab up and leave it; take it down (its processes by PID, its namespaces)
-lab-up: lab-bin
-	@$(BIN)/rhizome-lab up --bin-dir $(BIN)
+lab-up: lab-bin $(if $(K8S),kube-tools)
+	@$(BIN)/rhizome-lab up --bin-dir $(BIN) $(LAB_K8S_FLAGS) $(LAB_FLAGS)
 
 lab-down:
-	@$(BIN)/rhizome-lab down --bin-dir $(BIN)
+	@$(BIN)/rhizome-lab down --bin-dir $(BIN) $(LAB_FLAGS)
 
 lab-bin: build
 	@CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/rhizome-lab ./integration/lab/cmd/rhizome-lab

@@ -78,8 +78,16 @@ func newKube(client kubernetes.Interface, node string, log *slog.Logger) *kube {
 	k.podLister = k.pods.Core().V1().Pods().Lister()
 	k.nsLister = k.namespaces.Core().V1().Namespaces().Lister()
 	_, _ = k.nodes.Core().V1().Nodes().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { k.nodeChanged(obj) },
-		UpdateFunc: func(_, obj any) { k.nodeChanged(obj) },
+		AddFunc: func(obj any) { k.nodeChanged(obj) },
+		UpdateFunc: func(old, obj any) {
+			// Status heartbeats update the Node all the time; only a
+			// change of labels concerns the agent.
+			o, ok1 := old.(*corev1.Node)
+			n, ok2 := obj.(*corev1.Node)
+			if !ok1 || !ok2 || !maps.Equal(o.Labels, n.Labels) {
+				k.nodeChanged(obj)
+			}
+		},
 	})
 	return k
 }

@@ -54,6 +54,20 @@ type Uplink struct {
 	// (10.0.0.5/24); a next hop inside one of these subnets is on link.
 	Addrs []netip.Prefix
 	MTU   int
+	// Gateways are the next hops of the default routes through the uplink
+	// (one per family at most): where the fabric takes what no route of
+	// this node covers.
+	Gateways []netip.Addr
+}
+
+// gateway is the uplink's default gateway of a's family.
+func (u Uplink) gateway(a netip.Addr) (netip.Addr, bool) {
+	for _, g := range u.Gateways {
+		if g.Is4() == a.Is4() {
+			return g, true
+		}
+	}
+	return netip.Addr{}, false
 }
 
 // LocalPod is a pod on this node: its address and the host side of its
@@ -189,6 +203,7 @@ func Desired(in Input) Plan {
 		return cmp.Or(comparePrefix(a.Prefix.Masked(), b.Prefix.Masked()), a.NextHop.Compare(b.NextHop))
 	})
 	var refused []Unroutable
+	var fabric []Route
 	for _, lr := range learned {
 		pfx := lr.Prefix.Masked()
 		if taken[pfx] {
@@ -196,10 +211,22 @@ func Desired(in Input) Plan {
 		}
 		r, reason, pool := routeFor(in, pfx, lr.NextHop)
 		if reason != "" {
+			if r.Kind == Direct && !taken[pfx] {
+				fabric = append(fabric, r)
+			}
 			refused = append(refused, Unroutable{Prefix: pfx, NextHop: lr.NextHop, Pool: pool, Reason: reason})
 			continue
 		}
 		add(r)
+	}
+	// A prefix left to the fabric inside a route of this node (a host route
+	// of an address borrowed from one of its blocks, or from a block learned
+	// on link) would be caught by that route: it goes to the fabric
+	// explicitly, through the uplink's gateway (recursive next hop).
+	for _, r := range fabric {
+		if !taken[r.Prefix] && covers(plan.Routes, r.Prefix) {
+			add(r)
+		}
 	}
 	for _, u := range refused {
 		if !taken[u.Prefix] {
@@ -256,7 +283,22 @@ func routeFor(in Input, pfx netip.Prefix, nh netip.Addr) (Route, string, string)
 	case onLink:
 		return direct, "", pool.Name
 	}
-	return Route{}, fmt.Sprintf("next hop %s is not on a local subnet of %s and the pool does not encapsulate: the fabric must route it", nh, in.Uplink.Name), pool.Name
+	why := fmt.Sprintf("next hop %s is not on a local subnet of %s and the pool does not encapsulate: the fabric must route it", nh, in.Uplink.Name)
+	if gw, ok := in.Uplink.gateway(nh); ok {
+		// The route Desired installs when a route of this node covers pfx.
+		return Route{Prefix: pfx, Kind: Direct, Gateway: gw, Link: in.Uplink.Link}, why, pool.Name
+	}
+	return Route{}, why, pool.Name
+}
+
+// covers reports whether a route less specific than p contains it.
+func covers(routes []Route, p netip.Prefix) bool {
+	for _, r := range routes {
+		if r.Prefix.Bits() < p.Bits() && r.Prefix.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
 }
 
 // poolOf finds the most specific pool containing pfx.

@@ -99,6 +99,28 @@ func TestDesired(t *testing.T) {
 			unroutable: []string{"192.168.2.0/26 via 10.0.2.7: next hop 10.0.2.7 is not on a local subnet of eth0"},
 		},
 		{
+			name: "v4 Never, off-link next hop: left to the fabric unless a route of this node covers it, then via the gateway",
+			in: Input{
+				Pools:     []Pool{pool("192.168.0.0/16", api.EncapNever, "")},
+				Uplink:    Uplink{Link: eth0, Addrs: []netip.Prefix{pfx("10.0.1.5/24")}, MTU: 1500, Gateways: []netip.Addr{ip("10.0.1.254")}},
+				OwnBlocks: []netip.Prefix{pfx("192.168.0.64/26")},
+				Learned: []LearnedRoute{
+					{pfx("192.168.2.0/26"), ip("10.0.2.7")},   // the fabric has it: the default route takes it there
+					{pfx("192.168.0.100/32"), ip("10.0.2.7")}, // borrowed from our block, hosted in another rack
+					{pfx("192.168.1.0/26"), ip("10.0.1.6")},   // a block on link...
+					{pfx("192.168.1.10/32"), ip("10.0.3.8")},  // ...with an address hosted in a third rack
+					{pfx("fd10::1/128"), ip("fd00:9::1")},     // no IPv6 gateway: stays unroutable
+				},
+			},
+			routes: []string{
+				"blackhole 192.168.0.64/26",
+				"192.168.0.100/32 via 10.0.1.254 dev eth0",
+				"192.168.1.0/26 via 10.0.1.6 dev eth0",
+				"192.168.1.10/32 via 10.0.1.254 dev eth0",
+			},
+			unroutable: []string{"192.168.2.0/26 via 10.0.2.7: next hop 10.0.2.7 is not on a local subnet", "fd10::1/128 via fd00:9::1"},
+		},
+		{
 			name: "v4 own blocks are blackholes; a borrowed /32 of another node inside one is routed",
 			in: Input{
 				Pools:     []Pool{pool("192.168.0.0/16", api.EncapNever, "")},

@@ -189,6 +189,37 @@ func TestPoolChosenByNodeSelector(t *testing.T) {
 	wantErr(t, err, ErrNoUsablePool, "kube-node-9", "rack-0-ippool", "rack-1-ippool", `rack == "0"`, "does not select this node")
 }
 
+// A fixed address (rhizome.io/ip-addrs) is given on any node, even from a
+// pool whose nodeSelector does not select it, as Calico's AssignIP does:
+// the selector steers automatic assignment only. A pod keeps its address
+// when it moves to another rack; the address is then borrowed (or its block
+// claimed) and advertised as a host route.
+func TestFixedAddressIgnoresNodeSelector(t *testing.T) {
+	c := newCluster(t)
+	c.rackPools()
+	c.node("kube-node-0", map[string]string{"rack": "0"})
+	c.node("kube-node-2", map[string]string{"rack": "1"})
+	ctx := context.Background()
+	addr := netip.MustParseAddr("192.168.0.100")
+	n0 := c.allocator("kube-node-0")
+	got, err := n0.AssignIP(ctx, addr, Attribute{Handle: "h1", Namespace: "default", Pod: "fixed"})
+	if err != nil || got.Addr != addr || got.Pool != "rack-0-ippool" {
+		t.Fatalf("kube-node-0 (rack 0): AssignIP(%s) = %+v, %v", addr, got, err)
+	}
+	if _, err := n0.ReleaseHandle(ctx, "h1"); err != nil {
+		t.Fatal(err)
+	}
+	n2 := c.allocator("kube-node-2")
+	got, err = n2.AssignIP(ctx, addr, Attribute{Handle: "h2", Namespace: "default", Pod: "fixed"})
+	if err != nil || got.Addr != addr || got.Pool != "rack-0-ippool" {
+		t.Fatalf("kube-node-2 (rack 1, not selected by rack-0-ippool): AssignIP(%s) = %+v, %v; want the address", addr, got, err)
+	}
+	// Automatic assignment on kube-node-2 still only uses its rack's pool.
+	if auto := assign(t, n2, "h3"); auto.Pool != "rack-1-ippool" {
+		t.Errorf("automatic assignment on kube-node-2 got %s from %s, want rack-1-ippool", auto.Addr, auto.Pool)
+	}
+}
+
 // A relabel the agent hands over with SetNodeLabels places the next pod at
 // once, and a reload that still shows the old labels does not undo it; once
 // the store shows them, later changes in the store win again.

@@ -26,22 +26,55 @@ type binaries struct {
 	apiserver, kubectl string
 }
 
-// findBinaries looks in $RHIZOME_KUBE_BIN, else in .cache/kube-<Version>/ of the repository that holds
-// the working directory (go test runs in the package's directory).
+// findBinaries looks in binDir.
 func findBinaries() (binaries, error) {
-	dir := os.Getenv(BinEnv)
-	if dir == "" {
-		wd, err := os.Getwd()
-		if err != nil {
-			return binaries{}, fmt.Errorf("find the repository root: %w", err)
-		}
-		root, err := repoRoot(wd)
-		if err != nil {
-			return binaries{}, err
-		}
-		dir = filepath.Join(root, ".cache", "kube-"+Version)
+	dir, err := binDir()
+	if err != nil {
+		return binaries{}, err
 	}
 	return binariesIn(dir)
+}
+
+// binDir is $RHIZOME_KUBE_BIN, else .cache/kube-<Version>/ of the repository that holds the working
+// directory (go test runs in the package's directory).
+func binDir() (string, error) {
+	if dir := os.Getenv(BinEnv); dir != "" {
+		return dir, nil
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", fmt.Errorf("find the repository root: %w", err)
+	}
+	root, err := repoRoot(wd)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(root, ".cache", "kube-"+Version), nil
+}
+
+// RequireTools returns the directory that holds the named programs of `make kube-tools` (kube-apiserver,
+// kube-controller-manager, kube-scheduler, kubectl), or ends the test: a skip when run by hand, a failure
+// under `make test` (RHIZOME_REQUIRE_KUBE=1).
+func RequireTools(t testing.TB, names ...string) string {
+	t.Helper()
+	dir, err := binDir()
+	for _, n := range names {
+		if err != nil {
+			break
+		}
+		p := filepath.Join(dir, n)
+		if fi, serr := os.Stat(p); serr != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+			err = fmt.Errorf("%s not built: run make kube-tools (%s is missing or not executable)", n, p)
+		}
+	}
+	if err == nil {
+		return dir
+	}
+	if os.Getenv(RequireEnv) == "1" {
+		t.Fatalf("kubetest: %v (%s=1 makes this a failure)", err, RequireEnv)
+	}
+	t.Skipf("kubetest: %v", err)
+	return dir
 }
 
 func binariesIn(dir string) (binaries, error) {

@@ -120,6 +120,21 @@ func (l *Lab) Ctl(args ...string) (string, error) { return l.ctl("", args...) }
 // and nodes, the pools, the blocks, one node's BGP status and every node's
 // rhizome routes.
 func (l *Lab) Report(w io.Writer) error {
+	if l.st.Kube != nil {
+		args := []string{"get", "pods", "-o", "wide"}
+		for _, p := range l.st.Pods {
+			if p.Namespace != "default" {
+				args = append(args, "--all-namespaces")
+				break
+			}
+		}
+		out, err := l.Kubectl("", args...)
+		fmt.Fprintf(w, "$ kubectl %s\n%s", strings.Join(args, " "), out)
+		if err != nil {
+			return err
+		}
+		return l.report(w)
+	}
 	fmt.Fprintln(w, "$ kubectl get pods -o wide   # the lab's pods")
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tIP\tNODE")
@@ -129,6 +144,11 @@ func (l *Lab) Report(w io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Name, p.IP, p.Node)
 	}
 	tw.Flush()
+	return l.report(w)
+}
+
+// report is the rhizome part of Report.
+func (l *Lab) report(w io.Writer) error {
 	for _, args := range [][]string{{"get", "ippool", "-o", "wide"}, {"ipam", "show", "--show-blocks"}} {
 		out, err := l.ctl("", args...)
 		fmt.Fprintf(w, "\n$ rhizomectl %s\n%s", strings.Join(args, " "), out)
@@ -169,4 +189,7 @@ func (l *Lab) Explore(w io.Writer) {
   ip netns list | grep %s
 Logs are in %s. Take it down with: make lab-down
 `, l.st.Etcd, l.bin("rhizomectl"), n.NetNS, l.bin("rhizomectl"), n.NetNS, l.st.Prefix, filepath.Clean(l.opts.StateDir))
+	if l.st.Kube != nil {
+		fmt.Fprintf(w, "Kubernetes: %s --kubeconfig %s get pods -o wide\n", filepath.Join(l.st.Kube.BinDir, "kubectl"), l.st.Kube.Admin)
+	}
 }

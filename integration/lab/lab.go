@@ -34,6 +34,13 @@ type Options struct {
 	Prefix string
 	// Log receives progress and the operator session, line by line.
 	Log io.Writer
+	// Kubernetes runs the lab with a real kube-apiserver, controller
+	// manager and scheduler, a lab kubelet per node, and the agents on the
+	// Kubernetes API (kube.go).
+	Kubernetes bool
+	// KubeBinDir holds kube-apiserver, kube-controller-manager,
+	// kube-scheduler and kubectl (make kube-tools) for Kubernetes.
+	KubeBinDir string
 }
 
 // State is what a lab is made of; it is written to StateDir/state.json as
@@ -48,6 +55,7 @@ type State struct {
 	Nodes      []NodeState `json:"nodes"`
 	Pods       []Pod       `json:"pods"`
 	Etcd       string      `json:"etcd"`
+	Kube       *KubeState  `json:"kube,omitempty"`
 }
 
 // Proc is a process the lab started.
@@ -162,7 +170,11 @@ func (l *Lab) start(name, netns, bin string, args ...string) error {
 		return err
 	}
 	defer f.Close()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", netns, bin}, args...)...)
+	argv := append([]string{bin}, args...)
+	if netns != "" { // else in the host's namespace
+		argv = append([]string{"ip", "netns", "exec", netns}, argv...)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -307,21 +319,26 @@ func agentReady(ctx context.Context, netns string) error {
 // lab's binaries.
 func (l *Lab) Down() error {
 	var errs []error
-	for i := len(l.st.Procs) - 1; i >= 0; i-- {
-		p := l.st.Procs[i]
-		if !l.ours(p.PID) {
-			continue
+	// etcd last: kube-apiserver does not finish stopping without it.
+	for _, wave := range []func(Proc) bool{func(p Proc) bool { return p.Name != "etcd" }, func(p Proc) bool { return p.Name == "etcd" }} {
+		for i := len(l.st.Procs) - 1; i >= 0; i-- {
+			p := l.st.Procs[i]
+			if wave(p) && l.ours(p.PID) {
+				_ = syscall.Kill(p.PID, syscall.SIGTERM)
+			}
 		}
-		_ = syscall.Kill(p.PID, syscall.SIGTERM)
+		deadline := time.Now().Add(10 * time.Second)
+		for _, p := range l.st.Procs {
+			for wave(p) && l.ours(p.PID) && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+			}
+			if wave(p) && l.ours(p.PID) {
+				_ = syscall.Kill(p.PID, syscall.SIGKILL)
+			}
+		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for _, p := range l.st.Procs {
-		for l.ours(p.PID) && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
-		if l.ours(p.PID) {
-			_ = syscall.Kill(p.PID, syscall.SIGKILL)
-		}
+	if err := l.downSandboxes(); err != nil {
+		errs = append(errs, err)
 	}
 	for i := len(l.st.Namespaces) - 1; i >= 0; i-- {
 		if err := run("ip", "netns", "del", l.st.Namespaces[i]); err != nil && !strings.Contains(err.Error(), "No such file") {
@@ -348,6 +365,11 @@ func (l *Lab) ours(pid int) bool {
 			return false
 		}
 	}
-	abs, _ := filepath.Abs(l.opts.BinDir)
-	return strings.Contains(string(b), abs+"/") || strings.Contains(string(b), l.opts.BinDir+"/")
+	for _, dir := range []string{l.opts.BinDir, l.kubeBinDir()} {
+		abs, _ := filepath.Abs(dir)
+		if dir != "" && (strings.Contains(string(b), abs+"/") || strings.Contains(string(b), dir+"/")) {
+			return true
+		}
+	}
+	return false
 }

@@ -106,10 +106,16 @@ func nodeState(l *Lab, name string) NodeState {
 	return NodeState{}
 }
 
+// podNetwork is the CNI configuration list of every node: rhizome-cni
+// talking to the node's agent on socket.
+func podNetwork(socket string) (*libcni.NetworkConfigList, error) {
+	return libcni.ConfListFromBytes([]byte(fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "k8s-pod-network",
+		"plugins": [{"type": "rhizome-cni", "socket": %q}]}`, socket)))
+}
+
 // runtime is libcni set up as the node's container runtime for pod p.
 func (l *Lab) runtime(node NodeState, p Pod) (*libcni.CNIConfig, *libcni.NetworkConfigList, *libcni.RuntimeConf, func(), error) {
-	conf, err := libcni.ConfListFromBytes([]byte(fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "k8s-pod-network",
-		"plugins": [{"type": "rhizome-cni", "socket": %q}]}`, node.Socket)))
+	conf, err := podNetwork(node.Socket)
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}

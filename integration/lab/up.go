@@ -27,7 +27,11 @@ func Up(ctx context.Context, topo *Topology, opts Options) (*Lab, error) {
 	if err := l.save(); err != nil {
 		return nil, err
 	}
-	for _, step := range []func(context.Context, *Topology) error{l.startEtcd, l.network, l.agents, l.configure, l.workloads, l.settled} {
+	steps := []func(context.Context, *Topology) error{l.startEtcd, l.network, l.agents, l.configure, l.workloads, l.settled}
+	if opts.Kubernetes {
+		steps = l.kubeSteps()
+	}
+	for _, step := range steps {
 		if err := step(ctx, topo); err != nil {
 			l.logf("lab: %v; removing what was built", err)
 			if derr := l.Down(); derr != nil {
@@ -205,10 +209,11 @@ func (l *Lab) agents(ctx context.Context, topo *Topology) error {
 			return err
 		}
 		l.st.Nodes[i].Socket = abs
-		if err := l.start(n.Name, n.NetNS, l.bin("rhizome-node"), "--node-name", n.Name, "--etcd-endpoints", l.st.Etcd,
-			"--kubernetes", "false", "--networking", "bgp", "--cni-socket", abs, "--status-addr", statusAddr,
+		args := append(l.kubeFlags(n), "--node-name", n.Name, "--etcd-endpoints", l.st.Etcd,
+			"--networking", "bgp", "--cni-socket", abs, "--status-addr", statusAddr,
 			"--ip", n.Addr.String(), "--default-ipv4-pool-cidr", topo.DefaultPoolCIDR, "--default-ipv4-pool-ipip", ipip,
-			"--heartbeat-interval", "5s", "--node-ttl", "30s", "--controller-interval", "5s"); err != nil {
+			"--heartbeat-interval", "5s", "--node-ttl", "30s", "--controller-interval", "5s")
+		if err := l.start(n.Name, n.NetNS, l.bin("rhizome-node"), args...); err != nil {
 			return err
 		}
 	}
@@ -250,7 +255,7 @@ func (l *Lab) configure(_ context.Context, topo *Topology) error {
 		steps = append(steps, []string{"delete", "ippool", "default-ipv4-ippool"})
 	}
 	for _, n := range topo.Nodes {
-		if len(n.Labels) > 0 {
+		if len(n.Labels) > 0 && l.st.Kube == nil { // with Kubernetes: kubectl label (kubeLabels)
 			b, _ := json.Marshal(map[string]any{"metadata": map[string]any{"labels": n.Labels}})
 			steps = append(steps, []string{"patch", "node", n.Name, "-p", string(b)})
 		}

@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -41,6 +42,8 @@ make build (--bin-dir).`,
 	root.PersistentFlags().StringVar(&opts.BinDir, "bin-dir", "bin", "directory of rhizome-node, rhizome-cni, rhizomectl and rhizome-lab")
 	root.PersistentFlags().StringVar(&opts.StateDir, "state-dir", ".cache/lab", "where the lab keeps its state, sockets and logs")
 	root.PersistentFlags().StringVar(&opts.Prefix, "prefix", "rzlab-", "prefix of every namespace the lab makes")
+	root.PersistentFlags().BoolVar(&opts.Kubernetes, "kubernetes", false, "run with kube-apiserver, controller manager, scheduler and a lab kubelet per node (K8S=1)")
+	root.PersistentFlags().StringVar(&opts.KubeBinDir, "kube-bin-dir", ".cache/kube-v1.37.2", "directory of kube-apiserver, kube-controller-manager, kube-scheduler and kubectl (make kube-tools)")
 	topology := func() (*lab.Topology, error) {
 		if topoFile == "" {
 			return lab.Seed000(), nil
@@ -158,8 +161,43 @@ make build (--bin-dir).`,
 	respCmd.Flags().IntVar(&port, "port", 80, "TCP port")
 	respCmd.Flags().StringVar(&name, "name", "", "what to answer")
 	respCmd.Flags().BoolVar(&peer, "peer", false, "answer with the client's address instead")
-	root.AddCommand(runCmd, upCmd, downCmd, reportCmd, etcdCmd, respCmd)
+	root.AddCommand(runCmd, upCmd, downCmd, reportCmd, etcdCmd, respCmd, apiProxyCommand(), kubeletCommand())
 	ctx, _ := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	root.SetContext(ctx)
 	return root
+}
+
+// apiProxyCommand relays 127.0.0.1:6443 inside the nodes to the API server
+// on the host's loopback (lab up --kubernetes starts it).
+func apiProxyCommand() *cobra.Command {
+	var target, listen string
+	var namespaces []string
+	c := &cobra.Command{
+		Use: "apiproxy", Hidden: true, Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return lab.ServeAPIProxy(cmd.Context(), slog.Default(), target, listen, namespaces)
+		},
+	}
+	c.Flags().StringVar(&target, "target", "", "the API server's address (host:port)")
+	c.Flags().StringVar(&listen, "listen", lab.RelayAddr, "address to listen on inside each namespace")
+	c.Flags().StringArrayVar(&namespaces, "netns", nil, "a namespace to listen in (repeat)")
+	return c
+}
+
+// kubeletCommand is the lab kubelet of one node (lab up --kubernetes
+// starts one per node, inside the node's namespace).
+func kubeletCommand() *cobra.Command {
+	cfg := lab.KubeletConfig{Log: slog.Default()}
+	c := &cobra.Command{
+		Use: "kubelet", Hidden: true, Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return lab.RunKubelet(cmd.Context(), cfg) },
+	}
+	c.Flags().StringVar(&cfg.Node, "node", "", "node name")
+	c.Flags().StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig of the node")
+	c.Flags().StringVar(&cfg.NodeIP, "node-ip", "", "the node's address")
+	c.Flags().StringVar(&cfg.BinDir, "bin-dir", "", "directory of rhizome-cni and rhizome-lab")
+	c.Flags().StringVar(&cfg.StateDir, "state-dir", "", "where the kubelet records its pods")
+	c.Flags().StringVar(&cfg.Prefix, "prefix", "", "prefix of the pods' namespace names")
+	c.Flags().StringVar(&cfg.CNISocket, "cni-socket", "", "the node's agent socket")
+	return c
 }
