@@ -259,6 +259,7 @@ func (a *Allocator) process(ctx context.Context, batch []*op) {
 		wctx, cancel := context.WithTimeout(ctx, a.opts.writeTimeout)
 		p := a.eng.newPlan(wctx, a.snap.Load())
 		results := make(map[*op]opResult, len(pending))
+		refused := make(map[*op]opResult)
 		var planned []*op
 		for _, o := range pending {
 			if err := o.ctx.Err(); err != nil {
@@ -266,12 +267,17 @@ func (a *Allocator) process(ctx context.Context, batch []*op) {
 				continue
 			}
 			r := a.apply(p, o)
+			planned = append(planned, o)
 			if r.err != nil && !retryable(r.err) {
-				o.reply <- r // fails on its own; the rest of the batch goes on
+				// Fails on its own, the rest of the batch goes on. The
+				// refusal may rest on what an earlier operation of the
+				// batch planned (an address it took, a block it filled),
+				// so it is answered with the batch, and planned again if
+				// the batch is.
+				refused[o] = r
 				continue
 			}
 			results[o] = r
-			planned = append(planned, o)
 		}
 		var err error
 		if planErr := firstErr(results); planErr != nil {
@@ -282,6 +288,10 @@ func (a *Allocator) process(ctx context.Context, batch []*op) {
 		cancel()
 		if err == nil {
 			for _, o := range planned {
+				if r, ok := refused[o]; ok {
+					o.reply <- r
+					continue
+				}
 				o.reply <- results[o]
 			}
 			a.noteEmpty(p)
