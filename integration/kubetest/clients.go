@@ -15,7 +15,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/rhizome-net/rhizome/internal/testpki"
 )
 
 const (
@@ -80,7 +81,7 @@ func (c *Cluster) ServiceAccountKubeconfig(t testing.TB, namespace, name string)
 	token := c.serviceAccountToken(t, namespace, name)
 	path := filepath.Join(t.TempDir(), namespace+"."+name+".kubeconfig")
 	user := "system:serviceaccount:" + namespace + ":" + name
-	if err := writeKubeconfig(path, c.host, c.pki.caPEM, user, token, withNamespace(namespace)); err != nil {
+	if err := testpki.WriteKubeconfig(path, c.host, c.pki.CAPEM, user, token, namespace); err != nil {
 		t.Fatalf("kubetest: %v", err)
 	}
 	return path
@@ -97,30 +98,6 @@ func (c *Cluster) serviceAccountToken(t testing.TB, namespace, name string) stri
 		t.Fatalf("kubetest: request a token for ServiceAccount %s/%s (does it exist?): %v", namespace, name, err)
 	}
 	return resp.Status.Token
-}
-
-type kubeconfigOption func(*clientcmdapi.Context)
-
-func withNamespace(ns string) kubeconfigOption {
-	return func(c *clientcmdapi.Context) { c.Namespace = ns }
-}
-
-// writeKubeconfig writes a kubeconfig with one context: server, trusting caPEM, as user with token.
-func writeKubeconfig(path, server string, caPEM []byte, user, token string, opts ...kubeconfigOption) error {
-	const name = "kubetest"
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters[name] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: caPEM}
-	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{Token: token}
-	ctx := &clientcmdapi.Context{Cluster: name, AuthInfo: user, Namespace: "default"}
-	for _, opt := range opts {
-		opt(ctx)
-	}
-	cfg.Contexts[name] = ctx
-	cfg.CurrentContext = name
-	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
-		return fmt.Errorf("write kubeconfig %s: %w", path, err)
-	}
-	return nil
 }
 
 // loadConfig reads a kubeconfig the way programs under test will, and turns client-side rate limiting

@@ -30,6 +30,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/rhizome-net/rhizome/datastore/etcdtest"
+	"github.com/rhizome-net/rhizome/internal/testpki"
 )
 
 // AdminUser is the user name the admin token authenticates as.
@@ -69,7 +70,7 @@ func WithFlags(flags ...string) Option {
 type Cluster struct {
 	bins       binaries
 	dir        string
-	pki        pki
+	pki        *testpki.APIServer
 	etcd       *etcdtest.Server
 	etcdPrefix string
 	host       string
@@ -95,7 +96,7 @@ func Start(t testing.TB, opts ...Option) *Cluster {
 	// TempDir before Cleanup: cleanups run last-in first-out, so the server stops before its files go.
 	c := &Cluster{bins: bins, dir: t.TempDir(), etcd: cfg.etcd, etcdPrefix: "/kubetest/" + randomHex(4)}
 	var err error
-	if c.pki, err = writePKI(c.dir); err != nil {
+	if c.pki, err = testpki.WriteAPIServer(c.dir, []testpki.User{{Name: AdminUser, Group: "system:masters"}}); err != nil {
 		t.Fatalf("kubetest: %v", err)
 	}
 	t.Cleanup(func() { c.stop(t) })
@@ -128,7 +129,7 @@ func (c *Cluster) start(ctx context.Context, extraFlags []string) error {
 	}
 	c.host = fmt.Sprintf("https://127.0.0.1:%d", port)
 	c.kubeconfig = filepath.Join(c.dir, "admin.kubeconfig")
-	if err := writeKubeconfig(c.kubeconfig, c.host, c.pki.caPEM, AdminUser, c.pki.adminToken); err != nil {
+	if err := c.pki.Kubeconfig(c.kubeconfig, c.host, AdminUser); err != nil {
 		return err
 	}
 	if c.config, err = loadConfig(c.kubeconfig); err != nil {
@@ -154,13 +155,13 @@ func (c *Cluster) flags(port int) []string {
 		"--advertise-address=127.0.0.1",
 		"--endpoint-reconciler-type=none",
 		"--cert-dir=" + filepath.Join(c.dir, "certs"),
-		"--tls-cert-file=" + c.pki.serverCert,
-		"--tls-private-key-file=" + c.pki.serverKey,
-		"--token-auth-file=" + c.pki.tokenFile,
+		"--tls-cert-file=" + c.pki.ServerCert,
+		"--tls-private-key-file=" + c.pki.ServerKey,
+		"--token-auth-file=" + c.pki.TokenFile,
 		"--authorization-mode=RBAC",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file=" + c.pki.saPublic,
-		"--service-account-signing-key-file=" + c.pki.saPrivate,
+		"--service-account-key-file=" + c.pki.SAPublic,
+		"--service-account-signing-key-file=" + c.pki.SAPrivate,
 		"--service-cluster-ip-range=10.0.0.0/24",
 		"--disable-admission-plugins=ServiceAccount",
 	}

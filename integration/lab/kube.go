@@ -15,6 +15,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/rhizome-net/rhizome/internal/testpki"
 )
 
 // KubeState is the lab's Kubernetes control plane, in state.json.
@@ -81,11 +83,14 @@ func (l *Lab) startKube(ctx context.Context, topo *Topology) error {
 		return err
 	}
 	dir := filepath.Join(state, "kube")
-	users := []kubeUser{{"lab-admin", "system:masters"}, {"system:kube-controller-manager", "system:masters"}, {"system:kube-scheduler", "system:masters"}}
+	// A credential per component and per node, all in system:masters: not
+	// a least-privilege set-up (manifests/base has the agent's RBAC).
+	users := []testpki.User{{Name: "lab-admin", Group: "system:masters"}, {Name: "system:kube-controller-manager", Group: "system:masters"},
+		{Name: "system:kube-scheduler", Group: "system:masters"}}
 	for _, n := range topo.Nodes {
-		users = append(users, kubeUser{"system:node:" + n.Name, "system:masters"})
+		users = append(users, testpki.User{Name: "system:node:" + n.Name, Group: "system:masters"})
 	}
-	pki, err := writeKubePKI(dir, users)
+	pki, err := testpki.WriteAPIServer(dir, users)
 	if err != nil {
 		return err
 	}
@@ -94,19 +99,19 @@ func (l *Lab) startKube(ctx context.Context, topo *Topology) error {
 		return err
 	}
 	ks := &KubeState{BinDir: bins, Server: fmt.Sprintf("https://127.0.0.1:%d", port), Admin: filepath.Join(dir, "admin.kubeconfig"), Nodes: map[string]string{}}
-	if err := pki.kubeconfig(ks.Admin, ks.Server, "lab-admin"); err != nil {
+	if err := pki.Kubeconfig(ks.Admin, ks.Server, "lab-admin"); err != nil {
 		return err
 	}
 	kcm, sched := filepath.Join(dir, "controller-manager.kubeconfig"), filepath.Join(dir, "scheduler.kubeconfig")
-	if err := pki.kubeconfig(kcm, ks.Server, "system:kube-controller-manager"); err != nil {
+	if err := pki.Kubeconfig(kcm, ks.Server, "system:kube-controller-manager"); err != nil {
 		return err
 	}
-	if err := pki.kubeconfig(sched, ks.Server, "system:kube-scheduler"); err != nil {
+	if err := pki.Kubeconfig(sched, ks.Server, "system:kube-scheduler"); err != nil {
 		return err
 	}
 	for _, n := range topo.Nodes {
 		ks.Nodes[n.Name] = filepath.Join(dir, n.Name+".kubeconfig")
-		if err := pki.kubeconfig(ks.Nodes[n.Name], "https://"+RelayAddr, "system:node:"+n.Name); err != nil {
+		if err := pki.Kubeconfig(ks.Nodes[n.Name], "https://"+RelayAddr, "system:node:"+n.Name); err != nil {
 			return err
 		}
 	}
