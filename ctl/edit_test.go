@@ -31,21 +31,11 @@ func (c *cli) edit(env []string, args ...string) result {
 	return c.runEnv(env, "", append([]string{"edit"}, args...)...)
 }
 
-const editPool = `apiVersion: rhizome.io/v1
-kind: IPPool
-metadata:
-  name: default-ipv4-ippool
-spec:
-  cidr: 192.168.0.0/16
-  ipipMode: Always
-  natOutgoing: true
-`
-
 // Seed 004 changes the pool's IPIP mode with kubectl edit; rhizomectl edit
 // does the same against etcd.
 func TestEditChangesThePool(t *testing.T) {
 	c := newCLI(t)
-	c.ok(editPool, "apply", "-f", "-")
+	c.ok(defaultPool, "apply", "-f", "-")
 	env, dir := editor(t, c, `sed -i 's/ipipMode: Always/ipipMode: CrossSubnet/' "$1"`)
 	r := c.edit(env, "ippool", "default-ipv4-ippool")
 	if r.code != 0 || r.stdout != "ippool/default-ipv4-ippool edited\n" {
@@ -68,7 +58,7 @@ func TestEditChangesThePool(t *testing.T) {
 
 func TestEditWithoutChangesWritesNothing(t *testing.T) {
 	c := newCLI(t)
-	c.ok(editPool, "apply", "-f", "-")
+	c.ok(defaultPool, "apply", "-f", "-")
 	before := c.ok("", "get", "ippool", "default-ipv4-ippool", "-o", "yaml")
 	env, _ := editor(t, c, "true")
 	r := c.edit(env, "ippool", "default-ipv4-ippool")
@@ -82,7 +72,7 @@ func TestEditWithoutChangesWritesNothing(t *testing.T) {
 // second save, fixed, is written.
 func TestEditReopensWithTheError(t *testing.T) {
 	c := newCLI(t)
-	c.ok(editPool, "apply", "-f", "-")
+	c.ok(defaultPool, "apply", "-f", "-")
 	env, dir := editor(t, c, `if [ $n = 1 ]; then sed -i 's/ipipMode: Always/ipipMode: Sometimes/' "$1"; else sed -i 's/ipipMode: Sometimes/ipipMode: Never/' "$1"; fi`)
 	r := c.edit(env, "ippool", "default-ipv4-ippool")
 	if r.code != 0 || r.stdout != "ippool/default-ipv4-ippool edited\n" {
@@ -110,7 +100,7 @@ func TestEditReopensWithTheError(t *testing.T) {
 // keeps the user's text.
 func TestEditGivingUpKeepsTheFile(t *testing.T) {
 	c := newCLI(t)
-	c.ok(editPool, "apply", "-f", "-")
+	c.ok(defaultPool, "apply", "-f", "-")
 	env, _ := editor(t, c, `if [ $n = 1 ]; then sed -i 's|cidr: 192.168.0.0/16|cidr: 10.0.0.0/8|' "$1"; fi`)
 	r := c.edit(env, "ippool", "default-ipv4-ippool")
 	if r.code != 1 || !strings.Contains(r.stderr, "not saved") || !strings.Contains(r.stderr, "spec.cidr") || !strings.Contains(r.stderr, "your changes are in ") {
@@ -131,7 +121,7 @@ func TestEditGivingUpKeepsTheFile(t *testing.T) {
 // get in the way.
 func TestEditConflicts(t *testing.T) {
 	c := newCLI(t)
-	c.ok(editPool, "apply", "-f", "-")
+	c.ok(defaultPool, "apply", "-f", "-")
 	env, _ := editor(t, c, `"$RZ" patch ippool default-ipv4-ippool -p '{"spec":{"natOutgoing":false}}' >/dev/null
 sed -i 's/ipipMode: Always/ipipMode: Never/' "$1"`)
 	r := c.edit(env, "ippool", "default-ipv4-ippool")

@@ -377,17 +377,22 @@ func (a *Allocator) releaseOrphanBlocks(ctx context.Context) {
 		}
 	}
 	for _, c := range orphans {
-		wctx, cancel := context.WithTimeout(ctx, a.opts.writeTimeout)
-		ok, err := a.eng.releaseBlock(wctx, c, a.eng.cache[c].rev)
-		cancel()
-		delete(a.emptySince, c)
-		if err != nil {
-			a.log.Warn("release block of a deleted pool", "block", c, "err", err)
-			continue
-		}
-		if ok {
-			a.log.Info("released empty block: no pool holds it", "block", c)
-		}
+		a.releaseEmpty(ctx, c, "no pool holds it")
+	}
+}
+
+// releaseEmpty gives back the empty affine block c, saying why.
+func (a *Allocator) releaseEmpty(ctx context.Context, c netip.Prefix, why string) {
+	wctx, cancel := context.WithTimeout(ctx, a.opts.writeTimeout)
+	ok, err := a.eng.releaseBlock(wctx, c, a.eng.cache[c].rev)
+	cancel()
+	delete(a.emptySince, c)
+	if err != nil {
+		a.log.Warn("release empty block", "block", c, "why", why, "err", err)
+		return
+	}
+	if ok {
+		a.log.Info("released empty block", "block", c, "why", why)
 	}
 }
 
@@ -413,17 +418,7 @@ func (a *Allocator) releaseIdleBlocks(ctx context.Context) {
 		if len(a.eng.cache) <= 1 {
 			return
 		}
-		wctx, cancel := context.WithTimeout(ctx, a.opts.writeTimeout)
-		ok, err := a.eng.releaseBlock(wctx, c, a.eng.cache[c].rev)
-		cancel()
-		delete(a.emptySince, c)
-		if err != nil {
-			a.log.Warn("release idle block", "block", c, "err", err)
-			continue
-		}
-		if ok {
-			a.log.Info("released idle block", "block", c)
-		}
+		a.releaseEmpty(ctx, c, "idle")
 	}
 }
 
