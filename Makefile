@@ -69,8 +69,9 @@ kernel-deps:
 	@echo "==> kernel $(KERNEL_PACKAGE) and base initramfs"
 	@$(VMEXEC) prepare -cache $(CACHE) -kernel-package $(KERNEL_PACKAGE) > $(CACHE)/vmexec/kernel-dir
 	@echo "    $$(cat $(CACHE)/vmexec/kernel-dir)"
-## kube-tools: kube-apiserver and kubectl for the Kubernetes tests, built once from the module proxy
-## into .cache/kube-$(KUBE_VERSION)/ (~8 min cold); under `make test` their absence fails the tests
+## kube-tools: kube-apiserver, kube-controller-manager, kube-scheduler and kubectl for the Kubernetes
+## tests and `make lab K8S=1`, built once from the module proxy into .cache/kube-$(KUBE_VERSION)/
+## (~13 min cold on 2 cores); under `make test` their absence fails the tests
 KUBE_VERSION := v1.37.2
 .PHONY: kube-tools
 kube-tools:

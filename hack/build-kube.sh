@@ -89,7 +89,7 @@ for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
 	ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
 	ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$released"
 done
-echo "==> kube $KUBE_VERSION: go build ${tools[*]} into $out (static; ~8 min cold on 2 cores)"
+echo "==> kube $KUBE_VERSION: go build ${tools[*]} into $out (static; ~13 min with a cold build cache on 2 cores)"
 mkdir -p "$out"
 (cd "$build" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags "$ldflags" -o "$out/" \
 	"${tools[@]/#/k8s.io/kubernetes/cmd/}")
