@@ -298,7 +298,9 @@ func (n *network) syncBGP(ctx context.Context) {
 	// reflector clients) withdraw routes for a moment that other sessions
 	// bring back: keep the kernel's routes until BGP settles again.
 	if n.lastPeers != nil && !maps.Equal(want, n.lastPeers) && n.routesSet {
-		n.settleFrom = time.Now()
+		// The change itself counts as one: at least a quiet second, also
+		// when only a session went away and no event follows.
+		n.settleFrom, n.lastChange = time.Now(), time.Now()
 		n.log.Info("BGP sessions changed: keeping learned routes until BGP settles", "peers", len(peers))
 	}
 	n.lastPeers = want
