@@ -60,10 +60,10 @@ type network struct {
 	natSet    bool
 	started   time.Time
 	routesSet bool
-	// kept are the learned routes last handed to the reconciler; while BGP
-	// settles after a change of sessions they stay in the kernel.
-	kept      map[netip.Prefix]dataplane.Route
-	holding   bool // kept routes the plan lacks are in the kernel
+	// lastSet are the routes last handed to the reconciler; while BGP
+	// settles after a change of sessions, the learned ones stay.
+	lastSet   []dataplane.Route
+	holding   bool // routes of lastSet the plan lacks are in the kernel
 	lastPeers map[netip.Addr]bgp.Peer
 	ipipLog   string
 	tunnelOn  bool // tunl0 was made ready for IPIP pools
@@ -398,16 +398,17 @@ func (n *network) settled() bool {
 	return n.bgpErr == "" && n.establishedLocked() == len(n.wantPeers) && time.Since(n.lastChange) > time.Second
 }
 
-// withKept adds to routes the learned routes handed to the reconciler
-// before whose prefixes routes lacks; it returns whether it added any.
+// withKept adds to routes the learned routes (to other nodes' pods) last
+// handed to the reconciler whose prefixes routes lacks; it returns whether
+// it added any.
 func (n *network) withKept(routes []dataplane.Route) ([]dataplane.Route, bool) {
 	have := make(map[netip.Prefix]bool, len(routes))
 	for _, r := range routes {
 		have[r.Prefix] = true
 	}
 	added := false
-	for p, r := range n.kept {
-		if !have[p] {
+	for _, r := range n.lastSet {
+		if (r.Kind == dataplane.Direct || r.Kind == dataplane.Tunnel) && !have[r.Prefix] {
 			routes = append(routes, r)
 			added = true
 		}
@@ -447,7 +448,7 @@ func (n *network) syncKernel(ctx context.Context) {
 		}
 		n.routes.Set(routes)
 		n.routesSet = true
-		n.kept = learnedRoutes(routes)
+		n.lastSet = routes
 	}
 	n.mu.Lock()
 	n.programmed = n.routesSet
@@ -466,17 +467,6 @@ func (n *network) syncKernel(ctx context.Context) {
 	n.mu.Lock()
 	n.plan, n.conditions = plan, conds
 	n.mu.Unlock()
-}
-
-// learnedRoutes are the routes to other nodes' pods among routes.
-func learnedRoutes(routes []dataplane.Route) map[netip.Prefix]dataplane.Route {
-	out := map[netip.Prefix]dataplane.Route{}
-	for _, r := range routes {
-		if r.Kind == dataplane.Direct || r.Kind == dataplane.Tunnel {
-			out[r.Prefix] = r
-		}
-	}
-	return out
 }
 
 func dataplanePools(pools []*api.IPPool) []dataplane.Pool {

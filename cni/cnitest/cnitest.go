@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -41,11 +42,18 @@ func NeedRoot(tb testing.TB) {
 
 // BuildPlugins builds rhizome-cni and rhizome-ipam into dir.
 func BuildPlugins(dir string) error {
-	for _, b := range []string{"rhizome-cni", "rhizome-ipam"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b), "github.com/rhizome-net/rhizome/cmd/"+b)
+	return Build(dir, "github.com/rhizome-net/rhizome/cmd/rhizome-cni", "github.com/rhizome-net/rhizome/cmd/rhizome-ipam")
+}
+
+// Build builds the commands pkgs (import paths) into dir, static (no
+// cgo), each named after the last element of its path.
+func Build(dir string, pkgs ...string) error {
+	for _, pkg := range pkgs {
+		name := path.Base(pkg)
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("build %s: %w\n%s", b, err, out)
+			return fmt.Errorf("build %s: %w\n%s", name, err, out)
 		}
 	}
 	return nil

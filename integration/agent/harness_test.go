@@ -39,13 +39,10 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer os.RemoveAll(dir)
-		for _, b := range []string{"rhizome-node", "rhizome-cni", "rhizome-ipam", "rhizomectl"} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b), "../../cmd/"+b)
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", b, err, out)
-				return 1
-			}
+		const cmd = "github.com/rhizome-net/rhizome/cmd/"
+		if err := cnitest.Build(dir, cmd+"rhizome-node", cmd+"rhizome-cni", cmd+"rhizome-ipam", cmd+"rhizomectl"); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
 		}
 		binDir = dir
 		return m.Run()

@@ -60,14 +60,11 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer os.RemoveAll(dir)
-		for pkg, name := range map[string]string{"../../cmd/rhizome-node": "rhizome-node", "../../cmd/rhizome-cni": "rhizome-cni",
-			"../../cmd/rhizome-ipam": "rhizome-ipam", "../../cmd/rhizomectl": "rhizomectl", "./cmd/rhizome-lab": "rhizome-lab"} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", name, err, out)
-				return 1
-			}
+		const cmd = "github.com/rhizome-net/rhizome/cmd/"
+		if err := cnitest.Build(dir, cmd+"rhizome-node", cmd+"rhizome-cni", cmd+"rhizome-ipam", cmd+"rhizomectl",
+			"github.com/rhizome-net/rhizome/integration/lab/cmd/rhizome-lab"); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
 		}
 		binDir = dir
 		return m.Run()
