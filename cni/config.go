@@ -2,7 +2,7 @@
 // the node with a veth pair and host routes, and rhizome-ipam, an IPAM
 // plugin for other main plugins. Both get addresses from the rhizome-node
 // agent over the local API (cni/agentapi) and never talk to etcd or
-// Kubernetes themselves (DESIGN.md §7).
+// Kubernetes themselves (docs/design.md §7).
 package cni
 
 import (

@@ -99,7 +99,7 @@ type Input struct {
 // RouteKind says which shape a kernel route has.
 type RouteKind int
 
-// Route kinds, as in DESIGN.md §6.
+// Route kinds, as in docs/design.md §6.
 const (
 	// Direct is `P via N dev <uplink>`.
 	Direct RouteKind = iota + 1
@@ -173,7 +173,7 @@ func NeedsIPIP(pools []Pool) bool {
 
 func usesEncap(m api.EncapMode) bool { return m == api.EncapAlways || m == api.EncapCrossSubnet }
 
-// Desired computes the kernel routes for in, following DESIGN.md §6. It is
+// Desired computes the kernel routes for in, following docs/design.md §6. It is
 // pure: the same input gives the same plan, and a mode change gives a plan
 // that no longer holds any route of the old mode.
 func Desired(in Input) Plan {

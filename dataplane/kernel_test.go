@@ -12,7 +12,7 @@ import (
 
 // TestKernel... tests need a kernel with the ipip module. The CI machine's
 // kernel has none: `make test-kernel` runs them under a qemu-booted Debian
-// kernel (DESIGN.md §9) through a `go test -exec` wrapper. They use netlink
+// kernel (docs/design.md §9) through a `go test -exec` wrapper. They use netlink
 // only (no `ip`, no iptables), since the guest is busybox and a static test
 // binary. On a kernel without ipip they skip with that reason, and
 // TestPrivilegedNoIPIPError covers what the agent does there.

@@ -3,7 +3,7 @@
 // A pool is cut into blocks (/26 by default). A node claims blocks (its
 // affine blocks) and hands out their addresses locally; every change to a
 // block is a compare-and-swap on the block's revision, written together with
-// the allocation's handle in one transaction. See DESIGN.md §4.
+// the allocation's handle in one transaction. See docs/design.md §4.
 package ipam
 
 import (
@@ -15,7 +15,7 @@ import (
 	"github.com/rhizome-net/rhizome/api"
 )
 
-// Key prefixes in the datastore (DESIGN.md §3).
+// Key prefixes in the datastore (docs/design.md §3).
 const (
 	BlockPrefix    = "/rhizome/v1/ipam/blocks/"
 	AffinityPrefix = "/rhizome/v1/ipam/affinities/"

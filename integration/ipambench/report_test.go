@@ -26,7 +26,7 @@ type scale struct {
 }
 
 // fullScale keeps `make bench` at about a minute of measuring on 2 cores. Bursts are of 100 pods per node
-// (DESIGN.md §10: 1,000 allocations over 10 nodes; Kubernetes runs at most 110 pods per node by default).
+// (docs/design.md §10: 1,000 allocations over 10 nodes; Kubernetes runs at most 110 pods per node by default).
 var fullScale = scale{
 	seq:         2000,
 	concWorkers: 32, concAllocs: 100, concRounds: 50,

@@ -14,7 +14,7 @@ type Row struct {
 	Baseline string
 	// Ratio is rhizome / baseline (for scenario 4: the growth against the smallest pool).
 	Ratio string
-	// Target is the goal from DESIGN.md §10 and whether it was met, e.g. "≥ 1,000/s  ok".
+	// Target is the goal from docs/design.md §10 and whether it was met, e.g. "≥ 1,000/s  ok".
 	Target string
 }
 

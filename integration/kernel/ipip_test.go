@@ -108,7 +108,7 @@ func setUp(t *testing.T, n *node, name string, addr netip.Prefix) {
 	}
 }
 
-// addTunnelRoute routes to's pod block on from as DESIGN.md §6 says for
+// addTunnelRoute routes to's pod block on from as docs/design.md §6 says for
 // an IPIP pool: `P via N dev tunl0 onlink`, with rhizome's route protocol.
 func addTunnelRoute(t *testing.T, from, to *ipipNode, tunl0 netlink.Link) {
 	t.Helper()

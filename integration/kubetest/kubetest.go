@@ -145,7 +145,7 @@ func (c *Cluster) start(ctx context.Context, extraFlags []string) error {
 	return c.waitReady(ctx)
 }
 
-// flags are the kube-apiserver flags of this cluster (DESIGN.md §9).
+// flags are the kube-apiserver flags of this cluster (docs/design.md §9).
 func (c *Cluster) flags(port int) []string {
 	f := []string{
 		"--etcd-servers=" + strings.Join(c.etcd.Endpoints(), ","),
