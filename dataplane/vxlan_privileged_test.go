@@ -3,6 +3,7 @@ package dataplane
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -501,4 +502,160 @@ func TestPrivilegedVXLANRepairRestartAndRemoval(t *testing.T) {
 		}
 		_ = n3
 	})
+}
+
+// v6Node is the IPv6 side of a lab node: its uplink address, block, pod
+// address and VXLAN device.
+type v6Node struct {
+	*labNode
+	addr  netip.Prefix
+	block netip.Prefix
+	pod   netip.Addr
+	dev   VXLANLink
+	neigh *NeighborReconciler
+}
+
+// addrNoDAD adds an IPv6 address that is usable at once (no duplicate
+// address detection: the namespaces are the test's own).
+func addrNoDAD(t *testing.T, ns netns.NsHandle, dev, cidr string) {
+	t.Helper()
+	h := nsHandle(t, ns)
+	l, err := h.LinkByName(dev)
+	must(t, err)
+	a, err := netlink.ParseAddr(cidr)
+	must(t, err)
+	a.Flags = unix.IFA_F_NODAD
+	if err := h.AddrAdd(l, a); err != nil {
+		t.Fatalf("add %s to %s: %v", cidr, dev, err)
+	}
+}
+
+// newVXLANLab6 gives the bridge lab IPv6: fd00:1::/64 for node1 and
+// node2, fd00:2::/64 for node3 behind the router, blocks
+// fd10:0:0:<n>::/122 with a pod each (default route via fe80::1 on the
+// host side of its veth), and vxlan6.rhizome on every node with the plan
+// of a pool fd10::/48 in mode applied by the two reconcilers.
+func newVXLANLab6(t *testing.T, mode api.EncapMode) []*v6Node {
+	t.Helper()
+	l := newBridgeLab(t)
+	must(t, WriteSysctl(l.router, "net/ipv6/conf/all/forwarding", "1"))
+	addrNoDAD(t, l.router, "r1", "fd00:1::1/64")
+	addrNoDAD(t, l.router, "r2", "fd00:2::1/64")
+	pools := []Pool{{Name: "vx6", CIDR: pfx("fd10::/48"), IPIPMode: api.EncapNever, VXLANMode: mode}}
+	var nodes []*v6Node
+	for i, n := range l.nodes {
+		num := i + 1
+		subnet := 1
+		if num == 3 {
+			subnet = 2
+		}
+		v := &v6Node{
+			labNode: n,
+			addr:    pfx(fmt.Sprintf("fd00:%d::1%d/64", subnet, num)),
+			block:   pfx(fmt.Sprintf("fd10:0:0:%d::/122", num)),
+		}
+		v.pod = v.block.Addr().Next().Next()
+		addrNoDAD(t, n.ns, "eth0", v.addr.String())
+		other := "fd00:2::/64"
+		if subnet == 2 {
+			other = "fd00:1::/64"
+		}
+		addStatic(t, n.ns, other, fmt.Sprintf("fd00:%d::1", subnet), "eth0")
+		addrNoDAD(t, n.ns, "rzpod0", "fe80::1/64")
+		addrNoDAD(t, n.pod.ns, "eth0", v.pod.String()+"/128")
+		addStatic(t, n.pod.ns, "::/0", "fe80::1", "eth0")
+		m, err := NewVXLANManager(n.ns)
+		must(t, err)
+		t.Cleanup(m.Close)
+		v.dev, err = m.Ensure(VXLANConfig{Local: v.addr.Addr(), Parent: n.uplink(t).Index, MTU: VXLANMTU(1500, true),
+			Addr: v.block.Addr().Next(), Node: n.name})
+		must(t, err)
+		nodes = append(nodes, v)
+	}
+	// A node or router forwarding a packet from another source solicits
+	// its next hop from its link-local address, which the kernel only uses
+	// once duplicate address detection let it go.
+	spaces := []netns.NsHandle{l.router}
+	for _, n := range l.nodes {
+		spaces = append(spaces, n.ns, n.pod.ns)
+	}
+	for _, ns := range spaces {
+		waitNoTentative(t, ns)
+	}
+	var records []VXLANNode
+	for _, v := range nodes {
+		records = append(records, VXLANNode{Name: v.name, V6: VXLANEndpoint{Addr: v.addr.Addr(), TunnelAddr: v.block.Addr().Next(), MAC: v.dev.MAC},
+			Blocks: []netip.Prefix{v.block}})
+	}
+	for _, v := range nodes {
+		up := v.uplink(t)
+		vx := VXLANPlan(VXLANInput{Self: v.name, Nodes: records, Pools: pools, Uplink: up, DeviceV6: v.dev.Link})
+		plan := Desired(Input{Pools: pools, Uplink: up, OwnBlocks: []netip.Prefix{v.block},
+			LocalPods: []LocalPod{{Addr: v.pod, Link: v.labNode.pod.host}}, VXLAN: vx.Routes})
+		if len(plan.Unroutable) > 0 || len(vx.Unroutable) > 0 {
+			t.Fatalf("%s: unroutable %+v %+v", v.name, plan.Unroutable, vx.Unroutable)
+		}
+		v.start(t, plan.Routes)
+		rec, err := NewNeighborReconciler(v.ns, WithLogger(testLogger(t, v.name)))
+		must(t, err)
+		t.Cleanup(rec.Close)
+		rec.Set(vx.Neighbors, vx.FDB)
+		res, err := rec.Sync()
+		must(t, err)
+		if len(res.Errors) > 0 || res.Owned != len(vx.Neighbors)+len(vx.FDB) {
+			t.Fatalf("%s: neighbour sync %+v", v.name, res)
+		}
+		v.neigh = rec
+		waitSynced(t, v.labNode, len(plan.Routes))
+	}
+	return nodes
+}
+
+func vxlan6Packets(t *testing.T, n *v6Node) uint64 {
+	t.Helper()
+	return vxlanDevice(t, n.ns, true).Statistics.TxPackets
+}
+
+// tcpVia6 connects a's pod to b's pod over IPv6 and checks on a's
+// vxlan6.rhizome counter whether the packets were encapsulated.
+func tcpVia6(t *testing.T, a, b *v6Node, encapsulated bool) {
+	t.Helper()
+	before := vxlan6Packets(t, a)
+	src, err := tcpCheck(t, a.labNode.pod.ns, b.labNode.pod.ns, b.pod)
+	if err != nil || src != a.pod {
+		t.Fatalf("TCP over IPv6 %s pod -> %s pod: source %s, err %v; want the pod's own %s", a.name, b.name, src, err, a.pod)
+	}
+	sent := vxlan6Packets(t, a) - before
+	if encapsulated != (sent > 0) {
+		t.Errorf("%s -> %s over IPv6: %d packets through %s; want encapsulated=%v", a.name, b.name, sent, VXLANDeviceV6, encapsulated)
+	}
+	t.Logf("%s -> %s over IPv6: %s tx %d", a.name, b.name, VXLANDeviceV6, sent)
+}
+
+func TestPrivilegedVXLANIPv6(t *testing.T) {
+	t.Run("Always", func(t *testing.T) {
+		n := newVXLANLab6(t, api.EncapAlways)
+		tcpVia6(t, n[0], n[1], true)
+		tcpVia6(t, n[0], n[2], true)
+		tcpVia6(t, n[2], n[1], true)
+	})
+	t.Run("CrossSubnet", func(t *testing.T) {
+		n := newVXLANLab6(t, api.EncapCrossSubnet)
+		tcpVia6(t, n[0], n[1], false)
+		tcpVia6(t, n[1], n[0], false)
+		tcpVia6(t, n[0], n[2], true)
+	})
+}
+
+// waitNoTentative waits until no IPv6 address in ns is still tentative.
+func waitNoTentative(t *testing.T, ns netns.NsHandle) {
+	t.Helper()
+	h := nsHandle(t, ns)
+	if !eventually(5*time.Second, func() bool {
+		addrs, err := h.AddrList(nil, netlink.FAMILY_V6)
+		must(t, err)
+		return !slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return a.Flags&unix.IFA_F_TENTATIVE != 0 })
+	}) {
+		t.Fatal("IPv6 addresses still tentative after 5s")
+	}
 }
