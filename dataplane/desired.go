@@ -1,8 +1,9 @@
 // Package dataplane turns what the node learned (routes of other nodes'
 // blocks, its own blocks, the pools and their encapsulation modes) into
 // kernel state: routes marked with rhizome's route protocol, the tunl0 IPIP
-// device, the natOutgoing nftables table and the sysctls a node needs. The
-// desired state is computed by pure functions (Desired, PodMTU); the
+// device, the VXLAN devices with their neighbour and forwarding entries,
+// the natOutgoing nftables table and the sysctls a node needs. The desired
+// state is computed by pure functions (Desired, VXLANPlan, PodMTU); the
 // reconcilers apply it through one netlink handle per network namespace.
 package dataplane
 
@@ -355,7 +356,8 @@ func TunnelMTU(uplinkMTU int) int { return uplinkMTU - IPIPOverhead }
 
 // PodMTU is the MTU pods get when the CNI configuration leaves it at 0:
 // the uplink MTU less the largest overhead of the encapsulations the pools
-// use on this node (IPIP 20, VXLAN 50).
+// use on this node (IPIP 20, VXLAN 50, VXLAN of an IPv6 pool 70: its
+// device, vxlan6.rhizome, sends over the node's IPv6 address).
 func PodMTU(uplinkMTU int, pools []Pool) int {
 	overhead := 0
 	for _, p := range pools {
@@ -363,7 +365,7 @@ func PodMTU(uplinkMTU int, pools []Pool) int {
 			overhead = max(overhead, IPIPOverhead)
 		}
 		if usesEncap(p.VXLANMode) {
-			overhead = max(overhead, VXLANOverhead)
+			overhead = max(overhead, uplinkMTU-VXLANMTU(uplinkMTU, p.CIDR.Addr().Is6()))
 		}
 	}
 	return uplinkMTU - overhead
