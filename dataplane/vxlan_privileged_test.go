@@ -608,6 +608,17 @@ func newVXLANLab6(t *testing.T, mode api.EncapMode) []*v6Node {
 		v.neigh = rec
 		waitSynced(t, v.labNode, len(plan.Routes))
 	}
+	// The kernel reports IPv6 routes and entries as they were written:
+	// a full sync after the install finds everything in place.
+	for _, v := range nodes {
+		r, err := v.rec.Sync()
+		must(t, err)
+		nb, err := v.neigh.Sync()
+		must(t, err)
+		if w := r.Added + r.Replaced + r.Deleted + nb.Added + nb.Replaced + nb.Deleted; w != 0 {
+			t.Errorf("%s: a full sync after the install wrote %d times (routes %+v, entries %+v)", v.name, w, r, nb)
+		}
+	}
 	return nodes
 }
 
