@@ -213,6 +213,10 @@ func TestDecodeErrors(t *testing.T) {
 			[]string{`document 1 (Node "node-1"): unknown field "extra"`}},
 		{"unknown deep field", "apiVersion: rhizome.io/v1\nkind: BGPPeer\nmetadata: {name: p}\nspec:\n  password:\n    secretKeyRef: {name: s, key: k, optional: true}\n",
 			[]string{`unknown field "spec.password.secretKeyRef.optional"`}},
+		{"VXLAN MAC field case differs", "apiVersion: rhizome.io/v1\nkind: Node\nmetadata: {name: node-1}\nspec: {vxlanTunnelMacAddr: 66:0b:5e:22:91:c3}\n",
+			[]string{`unknown field "spec.vxlanTunnelMacAddr"`}},
+		{"VXLAN address not a string", "apiVersion: rhizome.io/v1\nkind: Node\nmetadata: {name: node-1}\nspec: {ipv4VXLANTunnelAddr: [192.168.0.1]}\n",
+			[]string{`spec.ipv4VXLANTunnelAddr`}},
 		{"field case differs", "apiVersion: rhizome.io/v1\nkind: IPPool\nmetadata: {name: p}\nspec: {CIDR: 10.0.0.0/16}\n",
 			[]string{`unknown field "spec.CIDR"`}},
 		{"unknown field JSON", `{"apiVersion":"rhizome.io/v1","kind":"IPPool","metadata":{"name":"p"},"spec":{"cidrr":"x"}}`,
@@ -452,6 +456,33 @@ func TestYAMLRoundTripOddStrings(t *testing.T) {
 		}
 		if got, _ := MarshalJSON(back[0]); string(got) != string(want) {
 			t.Errorf("%q: changed:\n%s\n%s", v, want, got)
+		}
+	}
+}
+
+// TestDecodeNodeVXLAN reads a node record with the VXLAN fields the agent
+// writes, under Calico's names, and writes it back unchanged.
+func TestDecodeNodeVXLAN(t *testing.T) {
+	const doc = "apiVersion: rhizome.io/v1\nkind: Node\nmetadata: {name: node-1}\nspec:\n" +
+		"  ipv4VXLANTunnelAddr: 192.168.0.1\n  vxlanTunnelMACAddr: 66:0b:5e:22:91:c3\n" +
+		"  ipv6VXLANTunnelAddr: fd00:10:244::1\n  vxlanTunnelMACAddrV6: 66:0b:5e:22:91:c4\n"
+	n := decodeOne(t, doc).(*Node)
+	want := NodeSpec{IPv4VXLANTunnelAddr: "192.168.0.1", VXLANTunnelMACAddr: "66:0b:5e:22:91:c3",
+		IPv6VXLANTunnelAddr: "fd00:10:244::1", VXLANTunnelMACAddrV6: "66:0b:5e:22:91:c4"}
+	if n.Spec != want {
+		t.Fatalf("spec = %+v, want %+v", n.Spec, want)
+	}
+	if err := Validate(n); err != nil {
+		t.Fatal(err)
+	}
+	out, err := MarshalJSON(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{`"ipv4VXLANTunnelAddr":"192.168.0.1"`, `"vxlanTunnelMACAddr":"66:0b:5e:22:91:c3"`,
+		`"ipv6VXLANTunnelAddr":"fd00:10:244::1"`, `"vxlanTunnelMACAddrV6":"66:0b:5e:22:91:c4"`} {
+		if !strings.Contains(string(out), f) {
+			t.Errorf("marshalled node %s lacks %s", out, f)
 		}
 	}
 }

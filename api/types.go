@@ -250,6 +250,20 @@ type Node struct {
 // NodeSpec is the desired state of a Node.
 type NodeSpec struct {
 	BGP *NodeBGPSpec `json:"bgp,omitempty"`
+	// IPv4VXLANTunnelAddr is the address of the node's IPv4 VXLAN device
+	// (vxlan.rhizome), from a pool's Tunnel addresses (set by the agent).
+	// Other nodes route VXLAN blocks via it.
+	IPv4VXLANTunnelAddr string `json:"ipv4VXLANTunnelAddr,omitempty"`
+	// VXLANTunnelMACAddr is the MAC address of the IPv4 VXLAN device (set
+	// by the agent); other nodes put it in their neighbour and forwarding
+	// entries.
+	VXLANTunnelMACAddr string `json:"vxlanTunnelMACAddr,omitempty"`
+	// IPv6VXLANTunnelAddr is the address of the node's IPv6 VXLAN device
+	// (vxlan-v6.rhizome), set by the agent.
+	IPv6VXLANTunnelAddr string `json:"ipv6VXLANTunnelAddr,omitempty"`
+	// VXLANTunnelMACAddrV6 is the MAC address of the IPv6 VXLAN device
+	// (set by the agent).
+	VXLANTunnelMACAddrV6 string `json:"vxlanTunnelMACAddrV6,omitempty"`
 }
 
 // NodeBGPSpec is a node's BGP identity.

@@ -1,8 +1,10 @@
 package api
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"sort"
 	"strings"
@@ -385,6 +387,18 @@ func validateBGPPeer(errs *fieldErrors, s *BGPPeerSpec) {
 }
 
 func validateNode(errs *fieldErrors, s *NodeSpec) {
+	if t := s.IPv4VXLANTunnelAddr; t != "" {
+		if a, err := netip.ParseAddr(t); err != nil || !a.Is4() {
+			errs.add("spec.ipv4VXLANTunnelAddr", "%q is not an IPv4 address (e.g. 10.244.0.1)", t)
+		}
+	}
+	if t := s.IPv6VXLANTunnelAddr; t != "" {
+		if a, err := netip.ParseAddr(t); err != nil || !a.Is6() || a.Is4In6() || a.Zone() != "" {
+			errs.add("spec.ipv6VXLANTunnelAddr", "%q is not an IPv6 address (e.g. fd00:10:244::1)", t)
+		}
+	}
+	validateMAC(errs, "spec.vxlanTunnelMACAddr", s.VXLANTunnelMACAddr)
+	validateMAC(errs, "spec.vxlanTunnelMACAddrV6", s.VXLANTunnelMACAddrV6)
 	b := s.BGP
 	if b == nil {
 		return
@@ -405,5 +419,23 @@ func validateNode(errs *fieldErrors, s *NodeSpec) {
 		if a, err := netip.ParseAddr(t); err != nil || !a.Is4() {
 			errs.add("spec.bgp.ipv4TunnelAddr", "%q is not an IPv4 address (e.g. 10.244.0.1)", t)
 		}
+	}
+}
+
+// validateMAC accepts a unicast Ethernet MAC address in the colon form the
+// kernel prints (02:5a:11:3c:0e:9f): the VXLAN device's address, which
+// other nodes write into their neighbour and forwarding entries.
+func validateMAC(errs *fieldErrors, field, mac string) {
+	if mac == "" {
+		return
+	}
+	hw, err := net.ParseMAC(mac)
+	switch {
+	case err != nil || len(hw) != 6:
+		errs.add(field, "%q is not an Ethernet MAC address (e.g. 02:5a:11:3c:0e:9f)", mac)
+	case hw[0]&1 != 0:
+		errs.add(field, "%q is a multicast MAC address: a device needs a unicast one (first byte even)", mac)
+	case bytes.Equal(hw, make(net.HardwareAddr, 6)):
+		errs.add(field, "%q is the all-zero MAC address: leave the field empty for the agent to fill", mac)
 	}
 }

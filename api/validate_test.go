@@ -385,7 +385,33 @@ func TestValidateNode(t *testing.T) {
 			fe("spec.bgp.ipv4TunnelAddr", `"192.168.0.1/32" is not an IPv4 address`)},
 		{"tunnel addr v6", testNode("n", &NodeBGPSpec{IPv4TunnelAddr: "fd00::1"}), fe("spec.bgp.ipv4TunnelAddr", "is not an IPv4 address")},
 		{"bad name", testNode("Node 1", nil), fe("metadata.name", "is not a valid name")},
+		{"vxlan v4 and v6", vxlanNode(func(s *NodeSpec) {
+			s.IPv4VXLANTunnelAddr, s.VXLANTunnelMACAddr = "192.168.0.1", "66:0b:5e:22:91:c3"
+			s.IPv6VXLANTunnelAddr, s.VXLANTunnelMACAddrV6 = "fd00:10:244::1", "66:0B:5E:22:91:C4"
+		}), nil},
+		{"vxlan addr v6 in v4 field", vxlanNode(func(s *NodeSpec) { s.IPv4VXLANTunnelAddr = "fd00::1" }),
+			fe("spec.ipv4VXLANTunnelAddr", `"fd00::1" is not an IPv4 address`)},
+		{"vxlan addr CIDR", vxlanNode(func(s *NodeSpec) { s.IPv4VXLANTunnelAddr = "192.168.0.1/32" }),
+			fe("spec.ipv4VXLANTunnelAddr", `"192.168.0.1/32" is not an IPv4 address`)},
+		{"vxlan v6 addr v4", vxlanNode(func(s *NodeSpec) { s.IPv6VXLANTunnelAddr = "192.168.0.1" }),
+			fe("spec.ipv6VXLANTunnelAddr", `"192.168.0.1" is not an IPv6 address`)},
+		{"vxlan v6 addr mapped", vxlanNode(func(s *NodeSpec) { s.IPv6VXLANTunnelAddr = "::ffff:192.168.0.1" }),
+			fe("spec.ipv6VXLANTunnelAddr", "is not an IPv6 address")},
+		{"vxlan MAC garbage", vxlanNode(func(s *NodeSpec) { s.VXLANTunnelMACAddr = "66:0b:5e:22:91" }),
+			fe("spec.vxlanTunnelMACAddr", `"66:0b:5e:22:91" is not an Ethernet MAC address`)},
+		{"vxlan MAC too long", vxlanNode(func(s *NodeSpec) { s.VXLANTunnelMACAddrV6 = "00:00:5e:00:53:01:02:03" }),
+			fe("spec.vxlanTunnelMACAddrV6", "is not an Ethernet MAC address")},
+		{"vxlan MAC multicast", vxlanNode(func(s *NodeSpec) { s.VXLANTunnelMACAddr = "01:00:5e:00:00:01" }),
+			fe("spec.vxlanTunnelMACAddr", "is a multicast MAC address")},
+		{"vxlan MAC zero", vxlanNode(func(s *NodeSpec) { s.VXLANTunnelMACAddrV6 = "00:00:00:00:00:00" }),
+			fe("spec.vxlanTunnelMACAddrV6", "is the all-zero MAC address")},
 	})
+}
+
+func vxlanNode(edit func(*NodeSpec)) *Node {
+	n := testNode("node-1", nil)
+	edit(&n.Spec)
+	return n
 }
 
 func TestValidationErrorText(t *testing.T) {

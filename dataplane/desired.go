@@ -1,8 +1,9 @@
 // Package dataplane turns what the node learned (routes of other nodes'
 // blocks, its own blocks, the pools and their encapsulation modes) into
 // kernel state: routes marked with rhizome's route protocol, the tunl0 IPIP
-// device, the natOutgoing nftables table and the sysctls a node needs. The
-// desired state is computed by pure functions (Desired, PodMTU); the
+// device, the VXLAN devices with their neighbour and forwarding entries,
+// the natOutgoing nftables table and the sysctls a node needs. The desired
+// state is computed by pure functions (Desired, VXLANPlan, PodMTU); the
 // reconcilers apply it through one netlink handle per network namespace.
 package dataplane
 
@@ -94,6 +95,9 @@ type Input struct {
 	// ErrNoIPIP message).
 	Tunnel        Link
 	TunnelProblem string
+	// VXLAN are the routes VXLANPlan computed from the datastore; they
+	// win over learned routes for the same prefixes.
+	VXLAN []Route
 }
 
 // RouteKind says which shape a kernel route has.
@@ -109,6 +113,9 @@ const (
 	Blackhole
 	// PodLink is `<pod>/32 dev <veth> scope link`.
 	PodLink
+	// VXLAN is `P via <remote tunnel address> dev vxlan.rhizome onlink`
+	// (VXLANPlan).
+	VXLAN
 )
 
 func (k RouteKind) String() string {
@@ -121,6 +128,8 @@ func (k RouteKind) String() string {
 		return "blackhole"
 	case PodLink:
 		return "pod"
+	case VXLAN:
+		return "vxlan"
 	}
 	return fmt.Sprintf("RouteKind(%d)", int(k))
 }
@@ -129,8 +138,8 @@ func (k RouteKind) String() string {
 type Route struct {
 	Prefix  netip.Prefix
 	Kind    RouteKind
-	Gateway netip.Addr // Direct and Tunnel
-	Link    Link       // Direct, Tunnel and PodLink
+	Gateway netip.Addr // Direct, Tunnel and VXLAN
+	Link    Link       // Direct, Tunnel, VXLAN and PodLink
 }
 
 func (r Route) String() string {
@@ -139,7 +148,7 @@ func (r Route) String() string {
 		return "blackhole " + r.Prefix.String()
 	case PodLink:
 		return fmt.Sprintf("%s dev %s scope link", r.Prefix, r.Link.Name)
-	case Tunnel:
+	case Tunnel, VXLAN:
 		return fmt.Sprintf("%s via %s dev %s onlink", r.Prefix, r.Gateway, r.Link.Name)
 	}
 	return fmt.Sprintf("%s via %s dev %s", r.Prefix, r.Gateway, r.Link.Name)
@@ -193,6 +202,13 @@ func Desired(in Input) Plan {
 		pfx := netip.PrefixFrom(p.Addr, p.Addr.BitLen())
 		if !taken[pfx] {
 			add(Route{Prefix: pfx, Kind: PodLink, Link: p.Link})
+		}
+	}
+
+	for _, r := range in.VXLAN {
+		if !taken[r.Prefix.Masked()] {
+			r.Prefix = r.Prefix.Masked()
+			add(r)
 		}
 	}
 
@@ -279,7 +295,7 @@ func routeFor(in Input, pfx netip.Prefix, nh netip.Addr) (Route, string, string)
 		}
 		return tunnel, "", pool.Name
 	case vxlan == api.EncapAlways || (vxlan == api.EncapCrossSubnet && !onLink):
-		return Route{}, fmt.Sprintf("needs VXLAN (vxlanMode %s), which this dataplane does not program: use ipipMode, or Never with a fabric that routes pod prefixes", vxlan), pool.Name
+		return Route{}, fmt.Sprintf("needs VXLAN (vxlanMode %s), and the VXLAN routes (VXLANPlan, from the node records) have none for it", vxlan), pool.Name
 	case onLink:
 		return direct, "", pool.Name
 	}
@@ -340,7 +356,8 @@ func TunnelMTU(uplinkMTU int) int { return uplinkMTU - IPIPOverhead }
 
 // PodMTU is the MTU pods get when the CNI configuration leaves it at 0:
 // the uplink MTU less the largest overhead of the encapsulations the pools
-// use on this node (IPIP 20, VXLAN 50).
+// use on this node (IPIP 20, VXLAN 50, VXLAN of an IPv6 pool 70: its
+// device, vxlan6.rhizome, sends over the node's IPv6 address).
 func PodMTU(uplinkMTU int, pools []Pool) int {
 	overhead := 0
 	for _, p := range pools {
@@ -348,7 +365,7 @@ func PodMTU(uplinkMTU int, pools []Pool) int {
 			overhead = max(overhead, IPIPOverhead)
 		}
 		if usesEncap(p.VXLANMode) {
-			overhead = max(overhead, VXLANOverhead)
+			overhead = max(overhead, uplinkMTU-VXLANMTU(uplinkMTU, p.CIDR.Addr().Is6()))
 		}
 	}
 	return uplinkMTU - overhead

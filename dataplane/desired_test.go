@@ -349,7 +349,11 @@ func TestPodMTU(t *testing.T) {
 			{CIDR: pfx("10.1.0.0/16"), VXLANMode: api.EncapCrossSubnet},
 		}, 1450},
 		{"v6 pool with ipipMode set: IPIP does not apply", []Pool{{CIDR: pfx("fd10::/48"), IPIPMode: api.EncapAlways}}, 1500},
-		{"v6 VXLAN", []Pool{{CIDR: pfx("fd10::/48"), VXLANMode: api.EncapAlways}}, 1450},
+		{"v6 VXLAN: over the IPv6 underlay, 70", []Pool{{CIDR: pfx("fd10::/48"), VXLANMode: api.EncapAlways}}, 1430},
+		{"v4 and v6 VXLAN pools: one pod MTU for both", []Pool{
+			{CIDR: pfx("10.0.0.0/16"), VXLANMode: api.EncapAlways},
+			{CIDR: pfx("fd10::/48"), VXLANMode: api.EncapCrossSubnet},
+		}, 1430},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -417,7 +417,7 @@ func tcpCheck(t *testing.T, fromNS netns.NsHandle, toNS netns.NsHandle, to netip
 	var ln net.Listener
 	must(t, inNS(toNS, func() error {
 		var err error
-		ln, err = net.Listen("tcp4", netip.AddrPortFrom(to, 0).String())
+		ln, err = net.Listen(tcpNet(to), netip.AddrPortFrom(to, 0).String())
 		return err
 	}))
 	defer ln.Close()
@@ -443,7 +443,7 @@ func tcpCheck(t *testing.T, fromNS netns.NsHandle, toNS netns.NsHandle, to netip
 	var c net.Conn
 	err := inNS(fromNS, func() error {
 		var err error
-		c, err = net.DialTimeout("tcp4", ln.Addr().String(), 2*time.Second)
+		c, err = net.DialTimeout(tcpNet(to), ln.Addr().String(), 2*time.Second)
 		return err
 	})
 	if err != nil {
@@ -458,4 +458,12 @@ func tcpCheck(t *testing.T, fromNS netns.NsHandle, toNS netns.NsHandle, to netip
 		return seen, fmt.Errorf("listener at %s received %q, want hello", ln.Addr(), got)
 	}
 	return seen, nil
+}
+
+// tcpNet is the network of a TCP connection to a.
+func tcpNet(a netip.Addr) string {
+	if a.Is6() && !a.Is4In6() {
+		return "tcp6"
+	}
+	return "tcp4"
 }

@@ -26,11 +26,9 @@ import (
 // periodic resync and whenever it may be wrong: after a write that did not
 // go as predicted, or a route, link or address event it does not explain.
 type RouteReconciler struct {
-	ns     netns.NsHandle
-	h      *netlink.Handle
-	log    *slog.Logger
-	resync time.Duration
-	delay  time.Duration
+	reconcilerConfig
+	ns netns.NsHandle
+	h  *netlink.Handle
 
 	mu       sync.Mutex // guards want, haveWant and last
 	want     map[netip.Prefix]Route
@@ -44,15 +42,30 @@ type RouteReconciler struct {
 	kick chan struct{}
 }
 
-// ReconcilerOption configures a RouteReconciler.
-type ReconcilerOption func(*RouteReconciler)
+// reconcilerConfig is what the options of the reconcilers set.
+type reconcilerConfig struct {
+	log    *slog.Logger
+	resync time.Duration
+	delay  time.Duration // from an event to the sync it causes
+}
+
+func newReconcilerConfig(opts []ReconcilerOption) reconcilerConfig {
+	c := reconcilerConfig{log: slog.Default(), resync: time.Minute, delay: 20 * time.Millisecond}
+	for _, o := range opts {
+		o(&c)
+	}
+	return c
+}
+
+// ReconcilerOption configures a RouteReconciler or a NeighborReconciler.
+type ReconcilerOption func(*reconcilerConfig)
 
 // WithLogger sets the logger (default slog.Default()).
-func WithLogger(l *slog.Logger) ReconcilerOption { return func(r *RouteReconciler) { r.log = l } }
+func WithLogger(l *slog.Logger) ReconcilerOption { return func(c *reconcilerConfig) { c.log = l } }
 
 // WithResync sets the period of the full resync Run does besides reacting
 // to netlink events (default 60s).
-func WithResync(d time.Duration) ReconcilerOption { return func(r *RouteReconciler) { r.resync = d } }
+func WithResync(d time.Duration) ReconcilerOption { return func(c *reconcilerConfig) { c.resync = d } }
 
 // NewRouteReconciler opens a route-netlink handle in ns (netns.None() for
 // the caller's namespace). Nothing is written until Set is called once:
@@ -60,14 +73,9 @@ func WithResync(d time.Duration) ReconcilerOption { return func(r *RouteReconcil
 // not re-learned yet.
 func NewRouteReconciler(ns netns.NsHandle, opts ...ReconcilerOption) (*RouteReconciler, error) {
 	r := &RouteReconciler{
-		ns:     ns,
-		log:    slog.Default(),
-		resync: time.Minute,
-		delay:  20 * time.Millisecond,
-		kick:   make(chan struct{}, 1),
-	}
-	for _, o := range opts {
-		o(r)
+		reconcilerConfig: newReconcilerConfig(opts),
+		ns:               ns,
+		kick:             make(chan struct{}, 1),
 	}
 	h, err := newHandle(ns)
 	if err != nil {

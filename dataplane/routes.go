@@ -29,7 +29,7 @@ func toNetlink(r Route) *netlink.Route {
 	case Direct:
 		nr.LinkIndex = r.Link.Index
 		nr.Gw = r.Gateway.AsSlice()
-	case Tunnel:
+	case Tunnel, VXLAN:
 		nr.LinkIndex = r.Link.Index
 		nr.Gw = r.Gateway.AsSlice()
 		nr.Flags = int(netlink.FLAG_ONLINK)
@@ -57,7 +57,7 @@ func sameRoute(k netlink.Route, r Route) bool {
 		return false
 	}
 	onlink := k.Flags&int(netlink.FLAG_ONLINK) != 0
-	return onlink == (r.Kind == Tunnel)
+	return onlink == (r.Kind == Tunnel || r.Kind == VXLAN)
 }
 
 func scopeOf(k RouteKind) netlink.Scope {
