@@ -8,7 +8,6 @@ package agenttest
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -149,25 +148,13 @@ func (a *Agent) Stop() {
 // handle.
 func (a *Agent) Allocated() map[netip.Addr]string {
 	a.t.Helper()
-	kvs, _, err := a.Store.List(context.Background(), ipam.BlockPrefix)
+	blocks, err := ipam.ListBlocks(context.Background(), a.Store)
 	if err != nil {
-		a.t.Fatalf("agenttest: list blocks: %v", err)
+		a.t.Fatalf("agenttest: %v", err)
 	}
 	out := map[netip.Addr]string{}
-	for _, kv := range kvs {
-		var b ipam.Block
-		if err := json.Unmarshal(kv.Value, &b); err != nil {
-			a.t.Fatalf("agenttest: block %s: %v", kv.Key, err)
-		}
-		for n, idx := range b.Allocations {
-			if idx != nil {
-				addr := b.CIDR.Addr()
-				for range n {
-					addr = addr.Next()
-				}
-				out[addr] = b.Attributes[*idx].Handle
-			}
-		}
+	for _, b := range blocks {
+		b.Allocated(func(addr netip.Addr, attr ipam.Attribute) { out[addr] = attr.Handle })
 	}
 	return out
 }
