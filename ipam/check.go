@@ -486,7 +486,7 @@ var errRepairSkipped = errors.New("changed since the check")
 func Repair(ctx context.Context, store datastore.Store, r *Report) ([]string, error) {
 	var fixed, skipped []string
 	do := func(what string, ops ...datastore.Op) error {
-		_, err := store.Txn(ctx, ops...)
+		_, err := writeTogether(ctx, store, txnRepair, ops...)
 		switch {
 		case err == nil:
 			fixed = append(fixed, what)

@@ -130,7 +130,7 @@ func (e *engine) claimBlock(ctx context.Context, cidr netip.Prefix) (bool, error
 	b := newBlock(cidr, e.node)
 	bv, _ := json.Marshal(b)
 	confirmed, _ := json.Marshal(Affinity{State: AffinityConfirmed})
-	rev, err := e.store.Txn(ctx, datastore.OpCreate(blockKey(cidr), bv), datastore.OpUpdate(akey, confirmed, arev))
+	rev, err := writeTogether(ctx, e.store, txnClaim, datastore.OpCreate(blockKey(cidr), bv), datastore.OpUpdate(akey, confirmed, arev))
 	if errors.Is(err, datastore.ErrExists) || errors.Is(err, datastore.ErrConflict) {
 		// Lost the race for the block (or our pending affinity changed):
 		// undo the pending affinity; a checker repairs it if this fails.
@@ -184,7 +184,7 @@ func (e *engine) releaseBlock(ctx context.Context, cidr netip.Prefix, rev int64)
 		}
 		ops = append(ops, datastore.OpDelete(akey, arev))
 	}
-	if _, err := e.store.Txn(ctx, ops...); err != nil {
+	if _, err := writeTogether(ctx, e.store, txnRelease, ops...); err != nil {
 		if errors.Is(err, datastore.ErrConflict) {
 			// Someone allocated meanwhile: keep the block, confirm again.
 			if kv, gerr := e.store.Get(ctx, akey); gerr == nil {

@@ -116,7 +116,7 @@ func ImportBlocks(ctx context.Context, store datastore.Store, blocks []*Block) e
 				ops = append(ops, datastore.OpCreate(affinityKey(b.Affinity, b.CIDR), confirmed))
 			}
 		}
-		if _, err := store.Txn(ctx, ops...); err != nil {
+		if _, err := writeTogether(ctx, store, txnImport, ops...); err != nil {
 			return fmt.Errorf("import blocks %s to %s: %w", blocks[0].CIDR, blocks[n-1].CIDR, err)
 		}
 		blocks = blocks[n:]

@@ -250,7 +250,7 @@ func (p *plan) commit() error {
 	if err != nil || len(ops) == 0 {
 		return err
 	}
-	rev, err := p.e.store.Txn(p.ctx, ops...)
+	rev, err := writeTogether(p.ctx, p.e.store, txnAllocation, ops...)
 	if err != nil {
 		for c, w := range p.blocks {
 			if cb, ok := p.e.cache[c]; ok && w.changed {
