@@ -33,6 +33,7 @@ type Agent struct {
 	Store  datastore.Store
 	Pods   *Pods
 	mtu    int
+	wrap   func(datastore.Store) datastore.Store
 
 	mu      sync.Mutex
 	alloc   *ipam.Allocator
@@ -45,6 +46,7 @@ type config struct {
 	node  string
 	mtu   int
 	pools []api.Object
+	wrap  func(datastore.Store) datastore.Store
 }
 
 // Option configures Start.
@@ -63,6 +65,12 @@ func Pool(name, cidr string) Option {
 		api.SetDefaults(p)
 		c.pools = append(c.pools, p)
 	}
+}
+
+// ServiceStore wraps the store the service is given (not the allocator's):
+// a test counts what the service reads.
+func ServiceStore(wrap func(datastore.Store) datastore.Store) Option {
+	return func(c *config) { c.wrap = wrap }
 }
 
 // Object stores any resource before the service starts (a reservation).
@@ -92,7 +100,7 @@ func Start(t testing.TB, opts ...Option) *Agent {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	a := &Agent{t: t, Node: c.node, Socket: filepath.Join(dir, "run", "cni.sock"), Etcd: srv, Store: store, Pods: NewPods(), mtu: c.mtu}
+	a := &Agent{t: t, Node: c.node, Socket: filepath.Join(dir, "run", "cni.sock"), Etcd: srv, Store: store, Pods: NewPods(), mtu: c.mtu, wrap: c.wrap}
 	a.Start()
 	t.Cleanup(a.Stop)
 	return a
@@ -114,7 +122,11 @@ func (a *Agent) Start() {
 	if err != nil {
 		a.t.Fatalf("agenttest: allocator: %v", err)
 	}
-	svc, err := cnisvc.New(cnisvc.Config{Allocator: alloc, Store: a.Store, Pods: a.Pods, MTU: a.mtu, Log: log})
+	svcStore := a.Store
+	if a.wrap != nil {
+		svcStore = a.wrap(a.Store)
+	}
+	svc, err := cnisvc.New(cnisvc.Config{Allocator: alloc, Store: svcStore, Pods: a.Pods, MTU: a.mtu, Log: log})
 	if err != nil {
 		a.t.Fatal(err)
 	}
