@@ -49,7 +49,7 @@ func FollowRetry(d time.Duration) FollowOption { return func(o *followOptions) {
 //
 // The revision Follow resumes from is the listing's; it is not given to the handler. A backend with a
 // different notion of revision (a Kubernetes resourceVersion) only has to honour List's and Watch's contract.
-func Follow(ctx context.Context, store Store, prefix string, h Handler, opts ...FollowOption) {
+func Follow(ctx context.Context, store ListWatcher, prefix string, h Handler, opts ...FollowOption) {
 	o := followOptions{onChange: func() {}, onSynced: func() {}, log: slog.Default(), retry: time.Second}
 	for _, opt := range opts {
 		opt(&o)

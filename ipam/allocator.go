@@ -521,7 +521,7 @@ func (a *Allocator) storeSnapshot(s *snapshot) {
 }
 
 // ByHandle returns the addresses a handle holds.
-func ByHandle(ctx context.Context, store datastore.Store, handle string) ([]netip.Addr, error) {
+func ByHandle(ctx context.Context, store datastore.Reader, handle string) ([]netip.Addr, error) {
 	kv, err := store.Get(ctx, handleKey(handle))
 	if errors.Is(err, datastore.ErrNotFound) {
 		return nil, nil

@@ -20,7 +20,7 @@ import (
 //
 // An address whose handle has no record at all is not found here; Check
 // reports such handles and Repair writes their records.
-func NodeHandles(ctx context.Context, store datastore.Store, node, network string) ([]string, error) {
+func NodeHandles(ctx context.Context, store datastore.Reader, node, network string) ([]string, error) {
 	if network == "" || strings.ContainsAny(network, "/ \t\n") {
 		return nil, fmt.Errorf("%w: network %q must be non-empty, without '/' or spaces", ErrBadRequest, network)
 	}
@@ -55,7 +55,7 @@ func NodeHandles(ctx context.Context, store datastore.Store, node, network strin
 
 // heldBy says whether one of the blocks a handle record lists holds an
 // address of the handle allocated to node. blocks caches what was read.
-func heldBy(ctx context.Context, store datastore.Store, blocks map[netip.Prefix]*Block, name string, h Handle, node string) (bool, error) {
+func heldBy(ctx context.Context, store datastore.Reader, blocks map[netip.Prefix]*Block, name string, h Handle, node string) (bool, error) {
 	for key := range h.Blocks {
 		cidr, err := netip.ParsePrefix(key)
 		if err != nil {

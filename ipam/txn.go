@@ -37,7 +37,7 @@ import (
 //
 // Issue 14 redesigns the records this way; until then the etcd backend
 // keeps the transactions, and this list is the inventory to replace.
-func writeTogether(ctx context.Context, store datastore.Store, _ txnReason, ops ...datastore.Op) (int64, error) {
+func writeTogether(ctx context.Context, store datastore.Transactor, _ txnReason, ops ...datastore.Op) (int64, error) {
 	return store.Txn(ctx, ops...)
 }
 

@@ -62,7 +62,7 @@ func WatchLogger(l *slog.Logger) WatchOption { return func(o *watchOptions) { o.
 // one of its blocks or affinities, or an address it holds, before or after
 // the change; and after every full listing. Synced is closed once both the
 // blocks and the affinities have been listed.
-func WatchNode(ctx context.Context, store datastore.Store, node string, onChange func(), opts ...WatchOption) *NodeWatcher {
+func WatchNode(ctx context.Context, store datastore.ListWatcher, node string, onChange func(), opts ...WatchOption) *NodeWatcher {
 	o := watchOptions{log: slog.Default()}
 	for _, opt := range opts {
 		opt(&o)
@@ -260,7 +260,7 @@ func (f affinityFollower) confirmed(kv datastore.KV) (netip.Prefix, bool) {
 // ListBlocks reads every block, in address order. A stored block that
 // cannot be decoded, or whose key names another block, is an error (Check
 // reports every such block; ListBlocks stops at the first).
-func ListBlocks(ctx context.Context, store datastore.Store) ([]*Block, error) {
+func ListBlocks(ctx context.Context, store datastore.Reader) ([]*Block, error) {
 	kvs, _, err := store.List(ctx, blockPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("read IPAM blocks: %w", err)
