@@ -13,7 +13,7 @@ import (
 
 // Request asks for addresses for one handle.
 type Request struct {
-	// Handle names the allocation ("<network>.<containerID>"); releasing
+	// Handle names the allocation ("<network>.<containerID>.<ifname>" for a pod); releasing
 	// by handle frees every address it holds.
 	Handle          string
 	Namespace       string
