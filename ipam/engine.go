@@ -13,8 +13,8 @@ import (
 
 // Request asks for addresses for one handle.
 type Request struct {
-	// Handle names the allocation ("<network>.<containerID>.<ifname>" for a pod); releasing
-	// by handle frees every address it holds.
+	// Handle names the allocation ("<network>.<containerID>.<ifname>"
+	// for a pod); releasing by handle frees every address it holds.
 	Handle          string
 	Namespace       string
 	NamespaceLabels map[string]string

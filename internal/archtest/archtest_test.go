@@ -25,7 +25,7 @@ var etcdExceptions = map[string]string{
 	module + "/daemon": "leader election (moves to datastore/election.go)",
 }
 
-// ipamFormatExceptions may use ipam's deprecated storage names (BlockPrefix,
+// ipamFormatExceptions may use ipam's transitional storage names (BlockPrefix,
 // AffinityPrefix, AffinityKey) and decode ipam records, by file. The lead
 // removes them when the agent switches to ipam.WatchNode.
 var ipamFormatExceptions = map[string]bool{
@@ -101,7 +101,7 @@ func TestOnlyDatastoreImportsEtcd(t *testing.T) {
 // them (other packages may build a Block to import it).
 var ipamRecordTypes = map[string]bool{"Affinity": true, "Handle": true, "AffinityState": true}
 
-// ipamStorageNames are ipam's deprecated exported storage names.
+// ipamStorageNames are the storage names ipam still exports for the agent.
 var ipamStorageNames = map[string]bool{"BlockPrefix": true, "AffinityPrefix": true, "AffinityKey": true}
 
 // No package but ipam knows where IPAM keeps its records or decodes them:
