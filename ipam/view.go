@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/rhizome-net/rhizome/datastore"
 )
@@ -72,7 +73,9 @@ func WatchNode(ctx context.Context, store datastore.ListWatcher, node string, on
 	}
 	w := &NodeWatcher{node: node, onChange: onChange, synced: make(chan struct{}), done: make(chan struct{}),
 		blocks: map[netip.Prefix]*Block{}, confirmed: map[netip.Prefix]bool{}}
-	var synced, done sync.WaitGroup
+	var done sync.WaitGroup
+	var pending atomic.Int32 // follows not listed yet
+	pending.Store(2)
 	for _, f := range []struct {
 		prefix string
 		h      datastore.Handler
@@ -80,15 +83,17 @@ func WatchNode(ctx context.Context, store datastore.ListWatcher, node string, on
 		{blockPrefix, blockFollower{w}},
 		{affinityPrefix + node + "/", affinityFollower{w}},
 	} {
-		synced.Add(1)
 		done.Add(1)
 		go func() {
 			defer done.Done()
 			datastore.Follow(ctx, store, f.prefix, f.h, datastore.OnChange(onChange),
-				datastore.OnSynced(synced.Done), datastore.FollowLogger(o.log))
+				datastore.OnSynced(func() {
+					if pending.Add(-1) == 0 {
+						close(w.synced)
+					}
+				}), datastore.FollowLogger(o.log))
 		}()
 	}
-	go func() { synced.Wait(); close(w.synced) }()
 	go func() { done.Wait(); close(w.done) }()
 	return w
 }
