@@ -348,7 +348,7 @@ func TestPrivilegedFailedAddReleasesAddress(t *testing.T) {
 	}
 	// A claimed block shows the agent did allocate before the failure, so
 	// the release above was the plugin's undo.
-	if kvs, _, err := ag.Store.List(context.Background(), ipam.BlockPrefix); err != nil || len(kvs) == 0 {
+	if blocks, err := ipam.ListBlocks(context.Background(), ag.Store); err != nil || len(blocks) == 0 {
 		t.Fatalf("no block claimed (%v): the ADDs failed before allocating", err)
 	}
 	if links, routes := n.HostState(); len(links)+len(routes) != 0 {

@@ -629,38 +629,22 @@ func (o *Options) patchIPAMConfig(names []string, patch string) error {
 	if err != nil {
 		return err
 	}
-	ctx := context.Background()
-	for attempt := 0; ; attempt++ {
-		kv, err := store.Get(ctx, ipam.ConfigKey)
-		doc := kv.Value
-		if errors.Is(err, datastore.ErrNotFound) {
-			doc, _ = json.Marshal(ipam.DefaultConfig())
-		} else if err != nil {
-			return fmt.Errorf("read ipamconfig: %w", err)
-		}
+	var badPatch bool
+	_, err = ipam.PatchConfig(context.Background(), store, func(doc []byte) ([]byte, error) {
 		merged, err := datastore.MergePatch(doc, []byte(patch))
-		if err != nil {
-			return fmt.Errorf(`patch ipamconfig: %w`, err)
-		}
-		cfg, err := ipam.DecodeConfig(merged)
-		if err != nil {
-			return fmt.Errorf("patch ipamconfig: %w (fields: strictAffinity true|false, maxBlocksPerNode 0 or more, autoAllocateBlocks true|false)", err)
-		}
-		value, _ := json.Marshal(cfg)
-		op := datastore.OpUpdate(ipam.ConfigKey, value, kv.Revision)
-		if kv.Revision == 0 {
-			op = datastore.OpCreate(ipam.ConfigKey, value)
-		}
-		_, err = store.Txn(ctx, op)
-		if (errors.Is(err, datastore.ErrConflict) || errors.Is(err, datastore.ErrExists)) && attempt < 5 {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("write ipamconfig: %w", err)
-		}
-		fmt.Fprintln(o.streams.Out, "ipamconfig/default patched")
-		return nil
+		badPatch = err != nil
+		return merged, err
+	})
+	switch {
+	case badPatch:
+		return fmt.Errorf(`patch ipamconfig: %w`, err)
+	case errors.Is(err, ipam.ErrInvalidConfig):
+		return fmt.Errorf("patch ipamconfig: %w (fields: strictAffinity true|false, maxBlocksPerNode 0 or more, autoAllocateBlocks true|false)", err)
+	case err != nil:
+		return fmt.Errorf("write ipamconfig: %w", err)
 	}
+	fmt.Fprintln(o.streams.Out, "ipamconfig/default patched")
+	return nil
 }
 
 func plural(n int, one, many string) string {

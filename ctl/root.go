@@ -31,7 +31,7 @@ type Options struct {
 	Timeout   time.Duration
 
 	streams Streams
-	store   *datastore.Etcd // connected on first use
+	store   datastore.Store // connected on first use
 }
 
 // envOr returns the environment variable's value, or def when unset.

@@ -18,7 +18,7 @@ func TestConcurrentUpdatesOneWinnerPerRevision(t *testing.T) {
 	srv := etcdtest.Start(t)
 	stores := []datastore.Store{srv.Store(t), srv.Store(t)}
 	ctx := context.Background()
-	const key = "/rhizome/v1/ipam/config"
+	const key = "/concurrency/counter"
 	mustCreate(t, stores[0], key, "0")
 
 	var (

@@ -41,12 +41,31 @@ type KV struct {
 
 // Store is what rhizome keeps its state in. Every method takes a context; when it has no deadline the store
 // applies its own request timeout, so no call waits forever for an unreachable etcd.
+//
+// It is made of the parts below so that a consumer can ask for what it uses (Follow needs a ListWatcher, a
+// read-only query a Reader), and so that a backend without multi-key transactions (the Kubernetes API) can
+// implement everything but Transactor. See docs/datastore-seam.md.
 type Store interface {
+	Reader
+	Writer
+	Watcher
+	Transactor
+	// Close releases the connection and ends every watch.
+	Close() error
+}
+
+// Reader reads keys.
+type Reader interface {
 	// Get reads one key. ErrNotFound if it does not exist.
 	Get(ctx context.Context, key string) (KV, error)
 	// List returns every key under prefix, sorted by key, and the store revision it was read at (watch from
 	// that revision + 1 to see every later change).
 	List(ctx context.Context, prefix string) ([]KV, int64, error)
+}
+
+// Writer writes one key at a time, each write guarded by the key's revision: compare-and-swap on one object,
+// which every backend has.
+type Writer interface {
 	// Create writes key if it does not exist yet (ErrExists otherwise) and returns the new revision.
 	Create(ctx context.Context, key string, value []byte) (int64, error)
 	// Update overwrites key if its revision is still rev and returns the new revision. ErrConflict if the key
@@ -56,18 +75,32 @@ type Store interface {
 	// Delete removes key if its revision is still rev; rev 0 removes it unconditionally. ErrConflict if the
 	// key was written since; ErrNotFound if it does not exist.
 	Delete(ctx context.Context, key string, rev int64) error
-	// Txn applies all ops atomically or none. When a guard fails it returns an error that wraps ErrConflict
-	// (ErrExists for a failed OpCreate, ErrNotFound too where the key is gone) and names the first key whose
-	// guard failed. It returns the new revision.
-	Txn(ctx context.Context, ops ...Op) (int64, error)
+}
+
+// Watcher streams changes.
+type Watcher interface {
 	// Watch streams changes under prefix from fromRev (inclusive; 0 = from now) until ctx is done or the store
 	// is closed, then closes the channel. It resumes transparently after a broken stream or a server restart
 	// from the last delivered revision + 1, never losing or repeating events. If fromRev (or the resume point)
 	// has been compacted, it sends one EventError wrapping ErrCompacted (with CompactRevision set) and closes:
 	// the caller lists again. An EventError is always the last event.
 	Watch(ctx context.Context, prefix string, fromRev int64) <-chan Event
-	// Close releases the connection and ends every watch.
-	Close() error
+}
+
+// ListWatcher is what Follow needs: a listing and the changes after it.
+type ListWatcher interface {
+	List(ctx context.Context, prefix string) ([]KV, int64, error)
+	Watcher
+}
+
+// Transactor writes several keys atomically. It is etcd-shaped: a Kubernetes backend has no equivalent.
+// Its users are ipam (all in ipam's writeTogether, which says what to do instead) and Resources'
+// cross-object checks.
+type Transactor interface {
+	// Txn applies all ops atomically or none. When a guard fails it returns an error that wraps ErrConflict
+	// (ErrExists for a failed OpCreate, ErrNotFound too where the key is gone) and names the first key whose
+	// guard failed. It returns the new revision.
+	Txn(ctx context.Context, ops ...Op) (int64, error)
 }
 
 // EventType says what an Event reports.

@@ -428,7 +428,7 @@ func (a *Allocator) releaseIdleBlocks(ctx context.Context) {
 func (a *Allocator) watch(ctx context.Context) {
 	defer a.wg.Done()
 	for ctx.Err() == nil {
-		_, rev, err := a.store.List(ctx, ConfigKey)
+		_, rev, err := a.store.List(ctx, configKey)
 		if err == nil {
 			var snap *snapshot
 			if snap, err = loadSnapshot(ctx, a.res, a.node); err == nil {
@@ -454,7 +454,7 @@ func (a *Allocator) waitForChange(ctx context.Context, rev int64) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	res := a.store.Watch(wctx, datastore.ResourcePrefix, rev)
-	cfg := a.store.Watch(wctx, ConfigKey, rev)
+	cfg := a.store.Watch(wctx, configKey, rev)
 	relevant := func(key string) bool {
 		return strings.HasPrefix(key, datastore.ResourceKindPrefix(api.KindIPPool)) ||
 			strings.HasPrefix(key, datastore.ResourceKindPrefix(api.KindIPReservation)) ||
@@ -521,8 +521,8 @@ func (a *Allocator) storeSnapshot(s *snapshot) {
 }
 
 // ByHandle returns the addresses a handle holds.
-func ByHandle(ctx context.Context, store datastore.Store, handle string) ([]netip.Addr, error) {
-	kv, err := store.Get(ctx, HandleKey(handle))
+func ByHandle(ctx context.Context, store datastore.Reader, handle string) ([]netip.Addr, error) {
+	kv, err := store.Get(ctx, handleKey(handle))
 	if errors.Is(err, datastore.ErrNotFound) {
 		return nil, nil
 	}
@@ -539,7 +539,7 @@ func ByHandle(ctx context.Context, store datastore.Store, handle string) ([]neti
 		if err != nil {
 			continue
 		}
-		bkv, err := store.Get(ctx, BlockKey(cidr))
+		bkv, err := store.Get(ctx, blockKey(cidr))
 		if errors.Is(err, datastore.ErrNotFound) {
 			continue
 		}

@@ -99,7 +99,7 @@ func wantErr(t *testing.T, err, sentinel error, parts ...string) {
 
 func readBlock(t *testing.T, s datastore.Store, cidr string) (*Block, int64) {
 	t.Helper()
-	kv, err := s.Get(context.Background(), BlockKey(netip.MustParsePrefix(cidr)))
+	kv, err := s.Get(context.Background(), blockKey(netip.MustParsePrefix(cidr)))
 	if err != nil {
 		t.Fatalf("block %s: %v", cidr, err)
 	}
@@ -127,7 +127,7 @@ func TestAssignAndReleaseStoresBlockAndHandle(t *testing.T) {
 	if attr, ok := b.attributeOf(ordinal(got.Block, got.Addr)); !ok || attr.Handle != "net.c1" || attr.Node != "node-a" || attr.Pod != "net.c1" {
 		t.Fatalf("stored owner %+v ok=%v", attr, ok)
 	}
-	aff, err := c.store().Get(context.Background(), AffinityKey("node-a", got.Block))
+	aff, err := c.store().Get(context.Background(), affinityKey("node-a", got.Block))
 	if err != nil || !strings.Contains(string(aff.Value), string(AffinityConfirmed)) {
 		t.Fatalf("affinity: %s %v", aff.Value, err)
 	}
@@ -139,7 +139,7 @@ func TestAssignAndReleaseStoresBlockAndHandle(t *testing.T) {
 	if err != nil || len(rel) != 1 || rel[0] != got.Addr {
 		t.Fatalf("release = %v, %v", rel, err)
 	}
-	if _, err := c.store().Get(context.Background(), HandleKey("net.c1")); !errors.Is(err, datastore.ErrNotFound) {
+	if _, err := c.store().Get(context.Background(), handleKey("net.c1")); !errors.Is(err, datastore.ErrNotFound) {
 		t.Fatalf("handle still stored after release: %v", err)
 	}
 	// Idempotent.
@@ -316,7 +316,7 @@ func TestGroupCommitBatchesConcurrentRequests(t *testing.T) {
 	a := c.allocator("node-a")
 	assign(t, a, "warm") // claim the first block outside the measurement
 
-	_, before, _ := c.store().List(context.Background(), ConfigKey)
+	_, before, _ := c.store().List(context.Background(), configKey)
 	const n = 64
 	var wg sync.WaitGroup
 	addrs := make([]netip.Addr, n)
@@ -333,7 +333,7 @@ func TestGroupCommitBatchesConcurrentRequests(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	_, after, _ := c.store().List(context.Background(), ConfigKey)
+	_, after, _ := c.store().List(context.Background(), configKey)
 	seen := map[netip.Addr]bool{}
 	for _, ad := range addrs {
 		if seen[ad] {
@@ -413,7 +413,7 @@ func TestRestartAdoptsBlocksAndRepairsHalfClaims(t *testing.T) {
 		orphan = netip.MustParsePrefix("10.0.0.0/26")
 	}
 	pending, _ := json.Marshal(Affinity{State: AffinityPending})
-	if _, err := c.store().Create(ctx, AffinityKey("node-a", orphan), pending); err != nil {
+	if _, err := c.store().Create(ctx, affinityKey("node-a", orphan), pending); err != nil {
 		t.Fatal(err)
 	}
 	a2 := c.allocator("node-a")
@@ -421,10 +421,10 @@ func TestRestartAdoptsBlocksAndRepairsHalfClaims(t *testing.T) {
 	if second.Block != first.Block {
 		t.Fatalf("after restart got block %s, want the adopted %s", second.Block, first.Block)
 	}
-	if _, err := c.store().Get(ctx, AffinityKey("node-a", orphan)); !errors.Is(err, datastore.ErrNotFound) {
+	if _, err := c.store().Get(ctx, affinityKey("node-a", orphan)); !errors.Is(err, datastore.ErrNotFound) {
 		t.Fatalf("pending affinity without a block survived the restart: %v", err)
 	}
-	kvs, _, _ := c.store().List(ctx, BlockPrefix)
+	kvs, _, _ := c.store().List(ctx, blockPrefix)
 	if len(kvs) != 1 {
 		t.Fatalf("%d blocks after restart, want 1 (no re-claim)", len(kvs))
 	}
@@ -437,7 +437,7 @@ func TestIdleBlocksAreReleasedKeepingOne(t *testing.T) {
 	for i := range 20 { // two /28 blocks
 		assign(t, a, fmt.Sprintf("h%d", i))
 	}
-	kvs, _, _ := c.store().List(context.Background(), BlockPrefix)
+	kvs, _, _ := c.store().List(context.Background(), blockPrefix)
 	if len(kvs) != 2 {
 		t.Fatalf("%d blocks, want 2", len(kvs))
 	}
@@ -448,7 +448,7 @@ func TestIdleBlocksAreReleasedKeepingOne(t *testing.T) {
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		kvs, _, _ = c.store().List(context.Background(), BlockPrefix)
+		kvs, _, _ = c.store().List(context.Background(), blockPrefix)
 		if len(kvs) == 1 || time.Now().After(deadline) {
 			break
 		}
@@ -457,7 +457,7 @@ func TestIdleBlocksAreReleasedKeepingOne(t *testing.T) {
 	if len(kvs) != 1 {
 		t.Fatalf("%d blocks after the idle period, want 1", len(kvs))
 	}
-	affs, _, _ := c.store().List(context.Background(), AffinityPrefix)
+	affs, _, _ := c.store().List(context.Background(), affinityPrefix)
 	if len(affs) != 1 {
 		t.Fatalf("%d affinities, want 1", len(affs))
 	}
@@ -478,7 +478,7 @@ func TestDeletedPoolsEmptyBlocksAreReleased(t *testing.T) {
 		t.Fatal(err)
 	}
 	blocks := func() []string {
-		kvs, _, err := c.store().List(ctx, AffinityPrefix+"node-a/")
+		kvs, _, err := c.store().List(ctx, affinityPrefix+"node-a/")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -514,7 +514,7 @@ func TestDeletedPoolsEmptyBlocksAreReleased(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor("after its last address is released", 0)
-	if kvs, _, _ := c.store().List(ctx, BlockPrefix); len(kvs) != 0 {
+	if kvs, _, _ := c.store().List(ctx, blockPrefix); len(kvs) != 0 {
 		t.Errorf("%d blocks left", len(kvs))
 	}
 }
@@ -532,7 +532,7 @@ func TestReleaseNodeAffinities(t *testing.T) {
 	if err != nil || len(deleted) != 1 || len(kept) != 0 {
 		t.Fatalf("ReleaseNodeAffinities = %v %v %v", deleted, kept, err)
 	}
-	for _, prefix := range []string{BlockPrefix, AffinityPrefix, HandlePrefix} {
+	for _, prefix := range []string{blockPrefix, affinityPrefix, handlePrefix} {
 		if kvs, _, _ := c.store().List(ctx, prefix); len(kvs) != 0 {
 			t.Errorf("%d keys left under %s", len(kvs), prefix)
 		}
@@ -563,7 +563,7 @@ func TestReleaseIPWithStaleSequenceFreesNothing(t *testing.T) {
 	if err != nil || len(rel) != 1 || rel[0].Owner.Handle != "h3" {
 		t.Fatalf("operator release = %v, %v", rel, err)
 	}
-	if _, err := c.store().Get(ctx, HandleKey("h3")); !errors.Is(err, datastore.ErrNotFound) {
+	if _, err := c.store().Get(ctx, handleKey("h3")); !errors.Is(err, datastore.ErrNotFound) {
 		t.Fatalf("handle h3 still stored after its only address was released: %v", err)
 	}
 }

@@ -534,7 +534,7 @@ func readStoreState(t *testing.T, s datastore.Store) *storeState {
 	ctx := context.Background()
 	st := &storeState{blocks: map[netip.Prefix]*Block{}, affinities: map[string]Affinity{}, handles: map[string]Handle{},
 		owner: map[netip.Addr]Attribute{}, byHandle: map[string][]netip.Addr{}}
-	kvs, _, err := s.List(ctx, BlockPrefix)
+	kvs, _, err := s.List(ctx, blockPrefix)
 	if err != nil {
 		t.Fatalf("list blocks: %v", err)
 	}
@@ -555,7 +555,7 @@ func readStoreState(t *testing.T, s datastore.Store) *storeState {
 			}
 		}
 	}
-	kvs, _, err = s.List(ctx, AffinityPrefix)
+	kvs, _, err = s.List(ctx, affinityPrefix)
 	if err != nil {
 		t.Fatalf("list affinities: %v", err)
 	}
@@ -564,9 +564,9 @@ func readStoreState(t *testing.T, s datastore.Store) *storeState {
 		if err := jsonStrict(kv.Value, &a); err != nil {
 			t.Fatalf("affinity %s: %v", kv.Key, err)
 		}
-		st.affinities[strings.TrimPrefix(kv.Key, AffinityPrefix)] = a
+		st.affinities[strings.TrimPrefix(kv.Key, affinityPrefix)] = a
 	}
-	kvs, _, err = s.List(ctx, HandlePrefix)
+	kvs, _, err = s.List(ctx, handlePrefix)
 	if err != nil {
 		t.Fatalf("list handles: %v", err)
 	}
@@ -575,7 +575,7 @@ func readStoreState(t *testing.T, s datastore.Store) *storeState {
 		if err := jsonStrict(kv.Value, &h); err != nil {
 			t.Fatalf("handle %s: %v", kv.Key, err)
 		}
-		st.handles[strings.TrimPrefix(kv.Key, HandlePrefix)] = h
+		st.handles[strings.TrimPrefix(kv.Key, handlePrefix)] = h
 	}
 	for _, as := range st.byHandle {
 		sort.Slice(as, func(i, j int) bool { return as[i].Less(as[j]) })

@@ -84,6 +84,9 @@ type HandleMismatch struct {
 	Revision int64          `json:"revision"`
 	Recorded map[string]int `json:"recorded"`
 	Actual   map[string]int `json:"actual"`
+	// Node is the node the blocks hold the handle's addresses for (what a
+	// repaired record names).
+	Node string `json:"node,omitempty"`
 	// Error says why the record could not be read, if it could not.
 	Error string `json:"error,omitempty"`
 }
@@ -206,16 +209,16 @@ func readState(ctx context.Context, store datastore.Store) (*ipamState, error) {
 		handles: map[string]*storedHandle{}}
 	for _, kv := range kvs {
 		switch {
-		case strings.HasPrefix(kv.Key, BlockPrefix):
+		case strings.HasPrefix(kv.Key, blockPrefix):
 			s.addBlock(kv)
-		case strings.HasPrefix(kv.Key, AffinityPrefix):
+		case strings.HasPrefix(kv.Key, affinityPrefix):
 			s.addAffinity(kv)
-		case strings.HasPrefix(kv.Key, HandlePrefix):
+		case strings.HasPrefix(kv.Key, handlePrefix):
 			h := &storedHandle{rev: kv.Revision}
 			if err := json.Unmarshal(kv.Value, &h.h); err != nil {
 				h.err = err
 			}
-			s.handles[strings.TrimPrefix(kv.Key, HandlePrefix)] = h
+			s.handles[strings.TrimPrefix(kv.Key, handlePrefix)] = h
 		}
 	}
 	slices.SortFunc(s.blocks, func(a, b *checkedBlock) int {
@@ -228,7 +231,7 @@ func readState(ctx context.Context, store datastore.Store) (*ipamState, error) {
 }
 
 func (s *ipamState) addBlock(kv datastore.KV) {
-	cidr, err := parseBlockKeyName(strings.TrimPrefix(kv.Key, BlockPrefix))
+	cidr, err := parseBlockKeyName(strings.TrimPrefix(kv.Key, blockPrefix))
 	if err != nil {
 		s.bad = append(s.bad, BadBlock{Key: kv.Key, Revision: kv.Revision, Error: "the key does not name a block: " + err.Error()})
 		return
@@ -252,7 +255,7 @@ func (s *ipamState) addBlock(kv datastore.KV) {
 
 func (s *ipamState) addAffinity(kv datastore.KV) {
 	a := AffinityRecord{Key: kv.Key, Revision: kv.Revision}
-	rest := strings.TrimPrefix(kv.Key, AffinityPrefix)
+	rest := strings.TrimPrefix(kv.Key, affinityPrefix)
 	if i := strings.LastIndexByte(rest, '/'); i > 0 {
 		a.Node = rest[:i]
 		a.Block, _ = parseBlockKeyName(rest[i+1:])
@@ -379,7 +382,7 @@ func (r *Report) checkAffinities(s *ipamState) {
 		}
 	}
 	for _, cb := range s.blocks {
-		if cb.b.Affinity != "" && !recorded[AffinityKey(cb.b.Affinity, cb.b.CIDR)] {
+		if cb.b.Affinity != "" && !recorded[affinityKey(cb.b.Affinity, cb.b.CIDR)] {
 			r.AffinityMismatches = append(r.AffinityMismatches, AffinityMismatch{Block: cb.b.CIDR, BlockRevision: cb.rev,
 				BlockAffinity: cb.b.Affinity})
 		}
@@ -393,9 +396,11 @@ func (r *Report) checkAffinities(s *ipamState) {
 // hold for it. A record's count for a block that cannot be read is trusted.
 func (r *Report) checkHandles(s *ipamState) {
 	actual := map[string]map[string]int{}
+	nodeOf := map[string]string{}
 	s.owners(func(o AddressOwner) {
 		if actual[o.Handle] == nil {
 			actual[o.Handle] = map[string]int{}
+			nodeOf[o.Handle] = o.Node
 		}
 		actual[o.Handle][o.Block.String()]++
 	})
@@ -415,15 +420,15 @@ func (r *Report) checkHandles(s *ipamState) {
 			r.OrphanHandles = append(r.OrphanHandles, OrphanHandle{Handle: name, Revision: h.rev, Recorded: h.h.Blocks})
 		case h.err != nil:
 			r.HandleMismatches = append(r.HandleMismatches, HandleMismatch{Handle: name, Revision: h.rev, Actual: act,
-				Error: h.err.Error()})
+				Node: nodeOf[name], Error: h.err.Error()})
 		case !maps.Equal(h.h.Blocks, act):
 			r.HandleMismatches = append(r.HandleMismatches, HandleMismatch{Handle: name, Revision: h.rev,
-				Recorded: h.h.Blocks, Actual: act})
+				Recorded: h.h.Blocks, Actual: act, Node: nodeOf[name]})
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(actual)) {
 		if _, ok := s.handles[name]; !ok {
-			r.HandleMismatches = append(r.HandleMismatches, HandleMismatch{Handle: name, Actual: actual[name]})
+			r.HandleMismatches = append(r.HandleMismatches, HandleMismatch{Handle: name, Actual: actual[name], Node: nodeOf[name]})
 		}
 	}
 	slices.SortStableFunc(r.HandleMismatches, func(a, b HandleMismatch) int { return strings.Compare(a.Handle, b.Handle) })
@@ -481,7 +486,7 @@ var errRepairSkipped = errors.New("changed since the check")
 func Repair(ctx context.Context, store datastore.Store, r *Report) ([]string, error) {
 	var fixed, skipped []string
 	do := func(what string, ops ...datastore.Op) error {
-		_, err := store.Txn(ctx, ops...)
+		_, err := writeTogether(ctx, store, txnRepair, ops...)
 		switch {
 		case err == nil:
 			fixed = append(fixed, what)
@@ -497,7 +502,7 @@ func Repair(ctx context.Context, store datastore.Store, r *Report) ([]string, er
 		if !c.IsValid() {
 			return nil
 		}
-		return []datastore.Op{datastore.OpPrefixUnchangedSince(BlockKey(c), r.Revision)}
+		return []datastore.Op{datastore.OpPrefixUnchangedSince(blockKey(c), r.Revision)}
 	}
 	confirmed, _ := json.Marshal(Affinity{State: AffinityConfirmed})
 
@@ -518,10 +523,10 @@ func Repair(ctx context.Context, store datastore.Store, r *Report) ([]string, er
 		var err error
 		if m.AffinityNode == "" {
 			err = do(fmt.Sprintf("created affinity of node %s to block %s (the block names the node)", m.BlockAffinity, m.Block),
-				append(unchanged(m.Block), datastore.OpCreate(AffinityKey(m.BlockAffinity, m.Block), confirmed))...)
+				append(unchanged(m.Block), datastore.OpCreate(affinityKey(m.BlockAffinity, m.Block), confirmed))...)
 		} else {
 			err = do(fmt.Sprintf("deleted affinity of node %s to block %s (the block names %s)", m.AffinityNode, m.Block, nodeOrNone(m.BlockAffinity)),
-				append(unchanged(m.Block), datastore.OpDelete(AffinityKey(m.AffinityNode, m.Block), m.AffinityRevision))...)
+				append(unchanged(m.Block), datastore.OpDelete(affinityKey(m.AffinityNode, m.Block), m.AffinityRevision))...)
 		}
 		if err != nil {
 			return fixed, err
@@ -534,11 +539,11 @@ func Repair(ctx context.Context, store datastore.Store, r *Report) ([]string, er
 				ops = append(ops, unchanged(c)...)
 			}
 		}
-		v, _ := json.Marshal(Handle{Blocks: h.Actual})
+		v, _ := json.Marshal(Handle{Blocks: h.Actual, Node: h.Node})
 		if h.Revision == 0 {
-			ops = append(ops, datastore.OpCreate(HandleKey(h.Handle), v))
+			ops = append(ops, datastore.OpCreate(handleKey(h.Handle), v))
 		} else {
-			ops = append(ops, datastore.OpUpdate(HandleKey(h.Handle), v, h.Revision))
+			ops = append(ops, datastore.OpUpdate(handleKey(h.Handle), v, h.Revision))
 		}
 		if err := do(fmt.Sprintf("wrote handle %s as %s (was %s)", h.Handle, formatCounts(h.Actual), formatCounts(h.Recorded)), ops...); err != nil {
 			return fixed, err
@@ -546,7 +551,7 @@ func Repair(ctx context.Context, store datastore.Store, r *Report) ([]string, er
 	}
 	for _, h := range r.OrphanHandles {
 		if err := do(fmt.Sprintf("deleted handle %s (it holds no address)", h.Handle),
-			datastore.OpDelete(HandleKey(h.Handle), h.Revision)); err != nil {
+			datastore.OpDelete(handleKey(h.Handle), h.Revision)); err != nil {
 			return fixed, err
 		}
 	}

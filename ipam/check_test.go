@@ -183,49 +183,49 @@ func TestCheckFindsEachProblemAndRepairFixesStructure(t *testing.T) {
 			},
 			want: []string{"two owners 10.0.0.2 h2@10.0.0.0/26,fixed@10.0.0.0/28"}},
 		{name: "handle record counts too few", corrupt: func(t *testing.T, c *cluster, _ *Allocator) {
-			put(t, c.store(), HandleKey("h3"), Handle{Blocks: map[string]int{blk: 1}})
+			put(t, c.store(), handleKey("h3"), Handle{Blocks: map[string]int{blk: 1}})
 		}, want: []string{"handle h3 {10.0.0.0/26: 1} != {10.0.0.0/26: 2}"}},
 		{name: "handle record missing", corrupt: func(t *testing.T, c *cluster, _ *Allocator) {
-			del(t, c.store(), HandleKey("h2"))
+			del(t, c.store(), handleKey("h2"))
 		}, want: []string{"handle h2 {} != {10.0.0.0/26: 1}"}},
 		{name: "handle record unreadable", corrupt: func(t *testing.T, c *cluster, _ *Allocator) {
-			put(t, c.store(), HandleKey("h1"), []byte("{"))
+			put(t, c.store(), handleKey("h1"), []byte("{"))
 		}, want: []string{"handle h1 {} != {10.0.0.0/26: 1}"}},
 		{name: "orphan handle", corrupt: func(t *testing.T, c *cluster, _ *Allocator) {
-			put(t, c.store(), HandleKey("ghost"), Handle{Blocks: map[string]int{blk: 1}})
-			put(t, c.store(), HandleKey("empty"), Handle{})
+			put(t, c.store(), handleKey("ghost"), Handle{Blocks: map[string]int{blk: 1}})
+			put(t, c.store(), handleKey("empty"), Handle{})
 		}, want: []string{"orphan handle empty", "orphan handle ghost"}},
 		{name: "affinity without block", corrupt: func(t *testing.T, c *cluster, _ *Allocator) {
-			put(t, c.store(), AffinityKey("node-a", other), Affinity{State: AffinityConfirmed})
+			put(t, c.store(), affinityKey("node-a", other), Affinity{State: AffinityConfirmed})
 		}, want: []string{"affinity without block node-a/10.0.0.64/26"}},
 		{name: "pending claim without block", corrupt: func(t *testing.T, c *cluster, _ *Allocator) {
-			put(t, c.store(), AffinityKey("node-b", other), Affinity{State: AffinityPending})
+			put(t, c.store(), affinityKey("node-b", other), Affinity{State: AffinityPending})
 		}, want: []string{"pending pending node-b/10.0.0.64/26 block=false"}},
 		{name: "release left half done", corrupt: func(t *testing.T, c *cluster, _ *Allocator) {
-			put(t, c.store(), AffinityKey("node-a", block), Affinity{State: AffinityPendingDeletion})
+			put(t, c.store(), affinityKey("node-a", block), Affinity{State: AffinityPendingDeletion})
 		}, want: []string{"pending pendingDeletion node-a/10.0.0.0/26 block=true"}},
 		{name: "block names a node without affinity record", corrupt: func(t *testing.T, c *cluster, _ *Allocator) {
-			del(t, c.store(), AffinityKey("node-a", block))
+			del(t, c.store(), affinityKey("node-a", block))
 		}, want: []string{"mismatch 10.0.0.0/26 block=node-a record="}},
 		{name: "affinity record of another node", corrupt: func(t *testing.T, c *cluster, _ *Allocator) {
-			put(t, c.store(), AffinityKey("node-b", block), Affinity{State: AffinityConfirmed})
+			put(t, c.store(), affinityKey("node-b", block), Affinity{State: AffinityConfirmed})
 		}, want: []string{"mismatch 10.0.0.0/26 block=node-a record=node-b"}},
 		{name: "block without affinity, record left", corrupt: func(t *testing.T, c *cluster, _ *Allocator) {
 			b, rev := readBlock(t, c.store(), blk)
 			b.Affinity = ""
 			v, _ := json.Marshal(b)
-			if _, err := c.store().Update(context.Background(), BlockKey(block), v, rev); err != nil {
+			if _, err := c.store().Update(context.Background(), blockKey(block), v, rev); err != nil {
 				t.Fatal(err)
 			}
 		}, want: []string{"mismatch 10.0.0.0/26 block= record=node-a"}},
 		{name: "block allocated and free at once", unrepaired: true, corrupt: func(t *testing.T, c *cluster, _ *Allocator) {
 			b, _ := readBlock(t, c.store(), blk)
 			b.Unallocated = append(b.Unallocated, 1)
-			put(t, c.store(), BlockKey(block), b)
-		}, want: []string{"bad block " + BlockKey(block)}},
+			put(t, c.store(), blockKey(block), b)
+		}, want: []string{"bad block " + blockKey(block)}},
 		{name: "block unreadable", unrepaired: true, corrupt: func(t *testing.T, c *cluster, _ *Allocator) {
-			put(t, c.store(), BlockKey(other), []byte("not json"))
-		}, want: []string{"bad block " + BlockKey(other)}},
+			put(t, c.store(), blockKey(other), []byte("not json"))
+		}, want: []string{"bad block " + blockKey(other)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -333,8 +333,8 @@ func TestRepairSkipsWhatChangedSinceTheCheck(t *testing.T) {
 	ctx := context.Background()
 	first := assign(t, a, "h1")
 	other := netip.MustParsePrefix("10.0.0.64/26")
-	put(t, c.store(), HandleKey("h1"), Handle{Blocks: map[string]int{first.Block.String(): 5}})
-	put(t, c.store(), AffinityKey("node-b", other), Affinity{State: AffinityPending})
+	put(t, c.store(), handleKey("h1"), Handle{Blocks: map[string]int{first.Block.String(): 5}})
+	put(t, c.store(), affinityKey("node-b", other), Affinity{State: AffinityPending})
 	r := checkOK(t, c.store(), nil)
 	wantProblems(t, "before", r, "handle h1 {10.0.0.0/26: 5} != {10.0.0.0/26: 1}", "pending pending node-b/10.0.0.64/26 block=false")
 
@@ -344,7 +344,7 @@ func TestRepairSkipsWhatChangedSinceTheCheck(t *testing.T) {
 	nb := newBlock(other, "node-b")
 	v, _ := json.Marshal(nb)
 	confirmed, _ := json.Marshal(Affinity{State: AffinityConfirmed})
-	if _, err := c.store().Txn(ctx, datastore.OpCreate(BlockKey(other), v), datastore.OpPut(AffinityKey("node-b", other), confirmed)); err != nil {
+	if _, err := c.store().Txn(ctx, datastore.OpCreate(blockKey(other), v), datastore.OpPut(affinityKey("node-b", other), confirmed)); err != nil {
 		t.Fatal(err)
 	}
 	fixed, err := Repair(ctx, c.store(), r)

@@ -59,13 +59,13 @@ func (e *engine) claim(ctx context.Context, snap *snapshot, pl *pool, want netip
 	if e.node == "" {
 		return netip.Prefix{}, fmt.Errorf("claim a block of pool %s: no node given", pl.Name)
 	}
-	kvs, _, err := e.store.List(ctx, BlockPrefix)
+	kvs, _, err := e.store.List(ctx, blockPrefix)
 	if err != nil {
 		return netip.Prefix{}, fmt.Errorf("claim a block of pool %s for node %s: %w", pl.Name, e.node, err)
 	}
 	taken := make(map[netip.Prefix]bool, len(kvs))
 	for _, kv := range kvs {
-		if c, err := parseBlockKeyName(strings.TrimPrefix(kv.Key, BlockPrefix)); err == nil {
+		if c, err := parseBlockKeyName(strings.TrimPrefix(kv.Key, blockPrefix)); err == nil {
 			taken[c] = true
 		}
 	}
@@ -113,7 +113,7 @@ func (e *engine) claim(ctx context.Context, snap *snapshot, pl *pool, want netip
 // claimBlock claims one block. It reports false when another node got the
 // block first.
 func (e *engine) claimBlock(ctx context.Context, cidr netip.Prefix) (bool, error) {
-	akey := AffinityKey(e.node, cidr)
+	akey := affinityKey(e.node, cidr)
 	pending, _ := json.Marshal(Affinity{State: AffinityPending})
 	arev, err := e.store.Create(ctx, akey, pending)
 	if errors.Is(err, datastore.ErrExists) {
@@ -130,7 +130,7 @@ func (e *engine) claimBlock(ctx context.Context, cidr netip.Prefix) (bool, error
 	b := newBlock(cidr, e.node)
 	bv, _ := json.Marshal(b)
 	confirmed, _ := json.Marshal(Affinity{State: AffinityConfirmed})
-	rev, err := e.store.Txn(ctx, datastore.OpCreate(BlockKey(cidr), bv), datastore.OpUpdate(akey, confirmed, arev))
+	rev, err := writeTogether(ctx, e.store, txnClaim, datastore.OpCreate(blockKey(cidr), bv), datastore.OpUpdate(akey, confirmed, arev))
 	if errors.Is(err, datastore.ErrExists) || errors.Is(err, datastore.ErrConflict) {
 		// Lost the race for the block (or our pending affinity changed):
 		// undo the pending affinity; a checker repairs it if this fails.
@@ -170,12 +170,12 @@ func (s *snapshot) allReserved(pl *pool, cidr netip.Prefix) bool {
 // guarded by the block's revision (so it is still empty). It reports false
 // when the block changed meanwhile.
 func (e *engine) releaseBlock(ctx context.Context, cidr netip.Prefix, rev int64) (bool, error) {
-	akey := AffinityKey(e.node, cidr)
+	akey := affinityKey(e.node, cidr)
 	kv, err := e.store.Get(ctx, akey)
 	if err != nil && !errors.Is(err, datastore.ErrNotFound) {
 		return false, err
 	}
-	ops := []datastore.Op{datastore.OpDelete(BlockKey(cidr), rev)}
+	ops := []datastore.Op{datastore.OpDelete(blockKey(cidr), rev)}
 	if err == nil {
 		pd, _ := json.Marshal(Affinity{State: AffinityPendingDeletion})
 		arev, err := e.store.Update(ctx, akey, pd, kv.Revision)
@@ -184,7 +184,7 @@ func (e *engine) releaseBlock(ctx context.Context, cidr netip.Prefix, rev int64)
 		}
 		ops = append(ops, datastore.OpDelete(akey, arev))
 	}
-	if _, err := e.store.Txn(ctx, ops...); err != nil {
+	if _, err := writeTogether(ctx, e.store, txnRelease, ops...); err != nil {
 		if errors.Is(err, datastore.ErrConflict) {
 			// Someone allocated meanwhile: keep the block, confirm again.
 			if kv, gerr := e.store.Get(ctx, akey); gerr == nil {
@@ -206,7 +206,7 @@ func (e *engine) releaseBlock(ctx context.Context, cidr netip.Prefix, rev int64)
 // that an earlier run left half done: a pending affinity whose block exists
 // with this node's affinity is confirmed; one without a block is removed.
 func (e *engine) load(ctx context.Context) error {
-	kvs, _, err := e.store.List(ctx, AffinityPrefix+e.node+"/")
+	kvs, _, err := e.store.List(ctx, affinityPrefix+e.node+"/")
 	if err != nil {
 		return fmt.Errorf("read affinities of node %s: %w", e.node, err)
 	}
@@ -217,7 +217,7 @@ func (e *engine) load(ctx context.Context) error {
 		}
 		var a Affinity
 		_ = json.Unmarshal(kv.Value, &a)
-		bkv, err := e.store.Get(ctx, BlockKey(cidr))
+		bkv, err := e.store.Get(ctx, blockKey(cidr))
 		switch {
 		case errors.Is(err, datastore.ErrNotFound):
 			_ = e.store.Delete(ctx, kv.Key, kv.Revision)

@@ -13,8 +13,8 @@ import (
 
 // Request asks for addresses for one handle.
 type Request struct {
-	// Handle names the allocation ("<network>.<containerID>"); releasing
-	// by handle frees every address it holds.
+	// Handle names the allocation ("<network>.<containerID>.<ifname>"
+	// for a pod); releasing by handle frees every address it holds.
 	Handle          string
 	Namespace       string
 	NamespaceLabels map[string]string
@@ -257,7 +257,7 @@ func (p *plan) planAssign(req *Request) ([]Assignment, error) {
 // borrow looks for free addresses in blocks of the pools that are not
 // affine to this node.
 func (p *plan) borrow(pools []*pool, count int, picks *[]pick) error {
-	kvs, _, err := p.e.store.List(p.ctx, BlockPrefix)
+	kvs, _, err := p.e.store.List(p.ctx, blockPrefix)
 	if err != nil {
 		return err
 	}
@@ -266,7 +266,7 @@ func (p *plan) borrow(pools []*pool, count int, picks *[]pick) error {
 			if len(*picks) == count {
 				return nil
 			}
-			cidr, err := parseBlockKeyName(strings.TrimPrefix(kv.Key, BlockPrefix))
+			cidr, err := parseBlockKeyName(strings.TrimPrefix(kv.Key, blockPrefix))
 			if err != nil || !pl.cidr.Contains(cidr.Addr()) {
 				continue
 			}

@@ -8,31 +8,13 @@ package ipam
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
 
 	"github.com/rhizome-net/rhizome/api"
 )
-
-// Key prefixes in the datastore (docs/design.md §3).
-const (
-	BlockPrefix    = "/rhizome/v1/ipam/blocks/"
-	AffinityPrefix = "/rhizome/v1/ipam/affinities/"
-	HandlePrefix   = "/rhizome/v1/ipam/handles/"
-	ConfigKey      = "/rhizome/v1/ipam/config"
-)
-
-// BlockKey is the key of the block with the given CIDR.
-func BlockKey(cidr netip.Prefix) string { return BlockPrefix + blockKeyName(cidr) }
-
-// AffinityKey is the key of node's affinity to the block cidr.
-func AffinityKey(node string, cidr netip.Prefix) string {
-	return AffinityPrefix + node + "/" + blockKeyName(cidr)
-}
-
-// HandleKey is the key of one allocation handle.
-func HandleKey(handle string) string { return HandlePrefix + handle }
 
 // Attribute describes the owner of one allocated address.
 type Attribute struct {
@@ -91,9 +73,15 @@ type Affinity struct {
 }
 
 // Handle records which blocks hold the addresses of one allocation handle
-// (a pod's "<network>.<containerID>").
+// (a pod's "<network>.<containerID>.<ifname>", see cnisvc.HandleID), and
+// the node that holds them. Its key starts with the handle, so the handles
+// of one network are one prefix listing (NodeHandles).
 type Handle struct {
 	Blocks map[string]int `json:"blocks"`
+	// Node is the node the addresses were allocated to, written in the
+	// same transaction as the allocation. Empty in records written before
+	// it existed: readers then look at the blocks.
+	Node string `json:"node,omitempty"`
 }
 
 // Config is the cluster-wide IPAM configuration.
@@ -111,16 +99,20 @@ func DefaultConfig() Config {
 	return Config{MaxBlocksPerNode: 20, AutoAllocateBlocks: true}
 }
 
+// ErrInvalidConfig is wrapped by the errors of DecodeConfig and of
+// PatchConfig's validation.
+var ErrInvalidConfig = errors.New("invalid")
+
 // DecodeConfig parses a stored configuration, strictly.
 func DecodeConfig(data []byte) (Config, error) {
 	c := DefaultConfig()
 	dec := json.NewDecoder(strings.NewReader(string(data)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
-		return c, fmt.Errorf("ipam config: %w", err)
+		return c, fmt.Errorf("ipam config: %w: %w", ErrInvalidConfig, err)
 	}
 	if c.MaxBlocksPerNode < 0 {
-		return c, fmt.Errorf("ipam config: maxBlocksPerNode %d must be 0 (no limit) or positive", c.MaxBlocksPerNode)
+		return c, fmt.Errorf("ipam config: %w: maxBlocksPerNode %d must be 0 (no limit) or positive", ErrInvalidConfig, c.MaxBlocksPerNode)
 	}
 	return c, nil
 }

@@ -82,7 +82,7 @@ func ReleaseHandle(ctx context.Context, store datastore.Store, handle string) ([
 // borrowed) kept without affinity. It returns the blocks it deleted and
 // those it kept.
 func ReleaseNodeAffinities(ctx context.Context, store datastore.Store, node string) (deleted, kept []netip.Prefix, err error) {
-	kvs, _, err := store.List(ctx, AffinityPrefix+node+"/")
+	kvs, _, err := store.List(ctx, affinityPrefix+node+"/")
 	if err != nil {
 		return nil, nil, fmt.Errorf("read affinities of node %s: %w", node, err)
 	}
@@ -140,6 +140,45 @@ func WriteConfig(ctx context.Context, store datastore.Store, c Config) error {
 		return fmt.Errorf("ipam config: maxBlocksPerNode %d must be 0 (no limit) or positive", c.MaxBlocksPerNode)
 	}
 	v, _ := json.Marshal(c)
-	_, err := store.Txn(ctx, datastore.OpPut(ConfigKey, v))
+	_, err := store.Txn(ctx, datastore.OpPut(configKey, v))
 	return err
+}
+
+// PatchConfig changes the stored IPAM configuration with edit, which gets
+// the current configuration as JSON (the defaults when none is stored) and
+// returns the new JSON. The result is decoded strictly and validated, then
+// written guarded by the revision it was read at; when another writer got
+// in between, it reads and edits again (up to 5 times). An error from edit
+// or from the validation is returned as it is.
+func PatchConfig(ctx context.Context, store datastore.Store, edit func(current []byte) ([]byte, error)) (Config, error) {
+	for attempt := 0; ; attempt++ {
+		kv, err := store.Get(ctx, configKey)
+		doc := kv.Value
+		if errors.Is(err, datastore.ErrNotFound) {
+			doc, _ = json.Marshal(DefaultConfig())
+		} else if err != nil {
+			return Config{}, fmt.Errorf("read ipam config: %w", err)
+		}
+		edited, err := edit(doc)
+		if err != nil {
+			return Config{}, err
+		}
+		cfg, err := DecodeConfig(edited)
+		if err != nil {
+			return Config{}, err
+		}
+		value, _ := json.Marshal(cfg)
+		op := datastore.OpUpdate(configKey, value, kv.Revision)
+		if kv.Revision == 0 {
+			op = datastore.OpCreate(configKey, value)
+		}
+		_, err = store.Txn(ctx, op)
+		if (errors.Is(err, datastore.ErrConflict) || errors.Is(err, datastore.ErrExists)) && attempt < 5 {
+			continue
+		}
+		if err != nil {
+			return Config{}, fmt.Errorf("write ipam config: %w", err)
+		}
+		return cfg, nil
+	}
 }

@@ -68,7 +68,7 @@ func (p *plan) block(cidr netip.Prefix) (*workBlock, error) {
 		p.blocks[cidr] = w
 		return w, nil
 	}
-	kv, err := p.e.store.Get(p.ctx, BlockKey(cidr))
+	kv, err := p.e.store.Get(p.ctx, blockKey(cidr))
 	if errors.Is(err, datastore.ErrNotFound) {
 		delete(p.e.cache, cidr)
 		return nil, nil
@@ -131,14 +131,11 @@ func (p *plan) handle(name string) (*workHandle, error) {
 	}
 	w := &workHandle{h: Handle{Blocks: map[string]int{}}}
 	if p.e.readHandles[name] {
-		kv, err := p.e.store.Get(p.ctx, HandleKey(name))
+		kv, err := p.e.store.Get(p.ctx, handleKey(name))
 		switch {
 		case err == nil:
-			if err := json.Unmarshal(kv.Value, &w.h); err != nil {
+			if w.h, err = decodeHandle(kv.Value); err != nil {
 				return nil, fmt.Errorf("handle %s: %w", name, err)
-			}
-			if w.h.Blocks == nil {
-				w.h.Blocks = map[string]int{}
 			}
 			w.rev = kv.Revision
 		case !errors.Is(err, datastore.ErrNotFound):
@@ -161,6 +158,9 @@ func (p *plan) allocate(w *workBlock, n int, attr Attribute) (Assignment, error)
 		return Assignment{}, err
 	}
 	h.h.Blocks[w.b.CIDR.String()]++
+	if h.h.Node == "" {
+		h.h.Node = attr.Node // the index NodeHandles reads
+	}
 	h.changed = true
 	pl := p.snap.poolOf(w.b.CIDR.Addr())
 	a := Assignment{Addr: addrAt(w.b.CIDR, n), Block: w.b.CIDR, Seq: seq, Borrowed: w.b.Affinity != p.e.node}
@@ -203,7 +203,7 @@ func (p *plan) ops() ([]datastore.Op, error) {
 		w := p.blocks[c]
 		if w.deleted {
 			if w.rev != 0 {
-				ops = append(ops, datastore.OpDelete(BlockKey(c), w.rev))
+				ops = append(ops, datastore.OpDelete(blockKey(c), w.rev))
 			}
 			continue
 		}
@@ -212,9 +212,9 @@ func (p *plan) ops() ([]datastore.Op, error) {
 			return nil, err
 		}
 		if w.rev == 0 {
-			ops = append(ops, datastore.OpCreate(BlockKey(c), v))
+			ops = append(ops, datastore.OpCreate(blockKey(c), v))
 		} else {
-			ops = append(ops, datastore.OpUpdate(BlockKey(c), v, w.rev))
+			ops = append(ops, datastore.OpUpdate(blockKey(c), v, w.rev))
 		}
 	}
 	names := make([]string, 0, len(p.handles))
@@ -228,15 +228,15 @@ func (p *plan) ops() ([]datastore.Op, error) {
 		w := p.handles[n]
 		switch {
 		case len(w.h.Blocks) == 0 && w.rev != 0:
-			ops = append(ops, datastore.OpDelete(HandleKey(n), w.rev))
+			ops = append(ops, datastore.OpDelete(handleKey(n), w.rev))
 		case len(w.h.Blocks) == 0:
 			// Created and emptied in the same plan: nothing to store.
 		case w.rev == 0:
 			v, _ := json.Marshal(w.h)
-			ops = append(ops, datastore.OpCreate(HandleKey(n), v))
+			ops = append(ops, datastore.OpCreate(handleKey(n), v))
 		default:
 			v, _ := json.Marshal(w.h)
-			ops = append(ops, datastore.OpUpdate(HandleKey(n), v, w.rev))
+			ops = append(ops, datastore.OpUpdate(handleKey(n), v, w.rev))
 		}
 	}
 	return append(ops, p.extra...), nil
@@ -250,7 +250,7 @@ func (p *plan) commit() error {
 	if err != nil || len(ops) == 0 {
 		return err
 	}
-	rev, err := p.e.store.Txn(p.ctx, ops...)
+	rev, err := writeTogether(p.ctx, p.e.store, txnAllocation, ops...)
 	if err != nil {
 		for c, w := range p.blocks {
 			if cb, ok := p.e.cache[c]; ok && w.changed {
@@ -280,14 +280,6 @@ func (p *plan) commit() error {
 		}
 	}
 	return nil
-}
-
-func decodeBlock(data []byte) (*Block, error) {
-	var b Block
-	if err := json.Unmarshal(data, &b); err != nil {
-		return nil, fmt.Errorf("decode block: %w", err)
-	}
-	return &b, nil
 }
 
 // attrFor builds the owner attribute of a request.

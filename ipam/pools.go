@@ -121,7 +121,7 @@ func loadSnapshot(ctx context.Context, res *datastore.Resources, node string) (*
 
 // ReadConfig reads the IPAM configuration, or the defaults when none is stored.
 func ReadConfig(ctx context.Context, store datastore.Store) (Config, error) {
-	kv, err := store.Get(ctx, ConfigKey)
+	kv, err := store.Get(ctx, configKey)
 	if errors.Is(err, datastore.ErrNotFound) {
 		return DefaultConfig(), nil
 	}

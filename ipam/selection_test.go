@@ -132,7 +132,7 @@ func TestFixedAddressInAnotherNodesBlockIsBorrowed(t *testing.T) {
 			t.Fatalf("node-a handed out %s, held by node-b", other)
 		}
 	}
-	kvs, _, err := c.store().List(context.Background(), BlockPrefix)
+	kvs, _, err := c.store().List(context.Background(), blockPrefix)
 	if err != nil || len(kvs) != 1 {
 		t.Fatalf("%d blocks (%v), want 1", len(kvs), err)
 	}

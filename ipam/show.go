@@ -407,7 +407,7 @@ type AffineUsage struct {
 // borrowed in other nodes' blocks are not counted.
 func (a *Allocator) Usage(ctx context.Context) (AffineUsage, error) {
 	var u AffineUsage
-	prefix := AffinityPrefix + a.node + "/"
+	prefix := affinityPrefix + a.node + "/"
 	kvs, _, err := a.store.List(ctx, prefix)
 	if err != nil {
 		return u, fmt.Errorf("list affinities of node %s: %w", a.node, err)
@@ -418,7 +418,7 @@ func (a *Allocator) Usage(ctx context.Context) (AffineUsage, error) {
 		if json.Unmarshal(kv.Value, &aff) != nil || aff.State != AffinityConfirmed {
 			continue
 		}
-		bkv, err := a.store.Get(ctx, BlockPrefix+strings.TrimPrefix(kv.Key, prefix))
+		bkv, err := a.store.Get(ctx, blockPrefix+strings.TrimPrefix(kv.Key, prefix))
 		if errors.Is(err, datastore.ErrNotFound) {
 			continue
 		}

@@ -292,7 +292,7 @@ func (s *Service) GC(ctx context.Context, req *agentapi.GCRequest) (*agentapi.GC
 	for _, a := range req.Valid {
 		valid[HandleID(req.Network, a.ContainerID, a.IfName)] = true
 	}
-	handles, err := nodeHandles(ctx, s.store, s.alloc.Node(), req.Network+".")
+	handles, err := ipam.NodeHandles(ctx, s.store, s.alloc.Node(), req.Network)
 	if err != nil {
 		return nil, agentapi.Errorf(agentapi.CodeTryAgainLater, "list the addresses of node %s: %w", s.alloc.Node(), err)
 	}

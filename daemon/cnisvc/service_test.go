@@ -3,15 +3,18 @@ package cnisvc_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/rhizome-net/rhizome/api"
 	"github.com/rhizome-net/rhizome/cni/agentapi"
 	"github.com/rhizome-net/rhizome/daemon/cnisvc"
 	"github.com/rhizome-net/rhizome/daemon/cnisvc/agenttest"
+	"github.com/rhizome-net/rhizome/datastore"
 	"github.com/rhizome-net/rhizome/ipam"
 )
 
@@ -237,5 +240,81 @@ func TestStatus(t *testing.T) {
 	st, err = ag.Service.Status(context.Background())
 	if err != nil || st.Ready || !strings.Contains(st.Message, "etcd") {
 		t.Fatalf("status with etcd down: %+v, %v", st, err)
+	}
+}
+
+// readCounter is a counter around the real store (it fakes nothing): it
+// counts the service's reads.
+type readCounter struct {
+	datastore.Store
+	gets, lists atomic.Int64
+	lastList    atomic.Value // string
+}
+
+func (c *readCounter) Get(ctx context.Context, key string) (datastore.KV, error) {
+	c.gets.Add(1)
+	return c.Store.Get(ctx, key)
+}
+
+func (c *readCounter) List(ctx context.Context, prefix string) ([]datastore.KV, int64, error) {
+	c.lists.Add(1)
+	c.lastList.Store(prefix)
+	return c.Store.List(ctx, prefix)
+}
+
+// GC of one node reads one listing of the network's handles, and no block
+// (it used to list every block of the cluster):
+// however many pods other nodes run, in the same network or not, it costs
+// the same and releases none of theirs.
+func TestGCReadsNoBlocks(t *testing.T) {
+	counter := &readCounter{}
+	ag := agenttest.Start(t, agenttest.Pool("pool-a", "10.29.0.0/20"),
+		agenttest.ServiceStore(func(s datastore.Store) datastore.Store { counter.Store = s; return counter }))
+	ctx := context.Background()
+	for _, c := range []string{"keep", "leak"} {
+		mustAdd(t, ag, addReq(c))
+	}
+	// Other nodes' pods, in the same network, in blocks of their own.
+	var others []string
+	for n := range 8 {
+		node := fmt.Sprintf("node-other-%d", n)
+		alloc, err := ipam.NewAllocator(ctx, ag.Store, node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 20 {
+			h := cnisvc.HandleID("k8s-pod-network", fmt.Sprintf("%s-c%d", node, i), "eth0")
+			if _, err := alloc.AutoAssign(ctx, ipam.Request{Handle: h, Namespace: "default", Pod: h}); err != nil {
+				t.Fatal(err)
+			}
+			others = append(others, h)
+		}
+		alloc.Close()
+	}
+	counter.gets.Store(0)
+	counter.lists.Store(0)
+	resp, err := ag.Service.GC(ctx, &agentapi.GCRequest{Network: "k8s-pod-network",
+		Valid: []agentapi.Attachment{{ContainerID: "keep", IfName: "eth0"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := cnisvc.HandleID("k8s-pod-network", "leak", "eth0"); len(resp.Released) != 1 || resp.Released[0] != want {
+		t.Fatalf("GC released %v, want %s", resp.Released, want)
+	}
+	if g, l := counter.gets.Load(), counter.lists.Load(); g != 0 || l != 1 {
+		t.Fatalf("GC read %d keys and %d listings, want one listing and nothing else", g, l)
+	}
+	// The listing is an index of the network, not of the whole cluster.
+	if p, _ := counter.lastList.Load().(string); !strings.HasSuffix(p, "/k8s-pod-network.") {
+		t.Fatalf("GC listed %q, want the prefix of the network's handles (…/k8s-pod-network.)", p)
+	}
+	held := map[string]bool{}
+	for _, h := range ag.Allocated() {
+		held[h] = true
+	}
+	for _, h := range others {
+		if !held[h] {
+			t.Fatalf("GC of node-a released %s of another node", h)
+		}
 	}
 }

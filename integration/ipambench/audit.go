@@ -3,7 +3,6 @@ package ipambench
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 
@@ -57,15 +56,11 @@ func AuditStore(ctx context.Context, store datastore.Store, held []Holding) (Aud
 		}
 		owner[h.Addr] = h.Handle
 	}
-	kvs, _, err := store.List(ctx, ipam.BlockPrefix)
+	blocks, err := ipam.ListBlocks(ctx, store)
 	if err != nil {
 		return a, fmt.Errorf("audit: %w", err)
 	}
-	for _, kv := range kvs {
-		var b ipam.Block
-		if err := json.Unmarshal(kv.Value, &b); err != nil {
-			return a, fmt.Errorf("audit: block %s: %w", kv.Key, err)
-		}
+	for _, b := range blocks {
 		for n, idx := range b.Allocations {
 			if idx == nil {
 				continue

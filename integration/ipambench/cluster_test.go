@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -70,32 +69,15 @@ func request(handle string, i int) ipam.Request {
 func (c *cluster) fillForeignBlocks(tb testing.TB, poolCIDR string, n int) {
 	tb.Helper()
 	base := netip.MustParsePrefix(poolCIDR).Addr()
-	confirmed, _ := json.Marshal(ipam.Affinity{State: ipam.AffinityConfirmed})
-	const perTxn = 50 // two ops per block; etcd allows 128 ops per transaction
-	var ops []datastore.Op
-	flush := func() {
-		if len(ops) == 0 {
-			return
-		}
-		if _, err := c.admin.Txn(context.Background(), ops...); err != nil {
-			tb.Fatalf("write foreign blocks: %v", err)
-		}
-		ops = ops[:0]
-	}
+	blocks := make([]*ipam.Block, 0, n)
 	for i := range n {
 		cidr := netip.PrefixFrom(addrAt(netip.PrefixFrom(base, 26), i*64), 26)
 		node := fmt.Sprintf("other-%d", i/4) // a few blocks per node, as after some churn
-		b := halfFullBlock(cidr, node)
-		v, err := json.Marshal(b)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		ops = append(ops, datastore.OpCreate(ipam.BlockKey(cidr), v), datastore.OpCreate(ipam.AffinityKey(node, cidr), confirmed))
-		if len(ops) >= 2*perTxn {
-			flush()
-		}
+		blocks = append(blocks, halfFullBlock(cidr, node))
 	}
-	flush()
+	if err := ipam.ImportBlocks(context.Background(), c.admin, blocks); err != nil {
+		tb.Fatalf("write foreign blocks: %v", err)
+	}
 }
 
 // halfFullBlock is a /26 block affine to node with its first 32 ordinals handed out.

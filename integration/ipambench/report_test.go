@@ -10,8 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"go.etcd.io/etcd/api/v3/version"
 )
 
 var fullReport = flag.Bool("report", false, "run the full IPAM benchmark report and print its table (make bench)")
@@ -118,7 +116,7 @@ func runReport(t *testing.T, sc scale, progress io.Writer) *Table {
 	}
 
 	tb := &Table{Title: fmt.Sprintf("rhizome IPAM benchmarks (etcd %s embedded, fsync on unless noted; %s %s/%s, %d cores; baseline host-local from containernetworking/plugins %s)",
-		version.Version, runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), moduleVersion("github.com/containernetworking/plugins"))}
+		strings.TrimPrefix(moduleVersion("go.etcd.io/etcd/server/v3"), "v"), runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), moduleVersion("github.com/containernetworking/plugins"))}
 
 	// 1. Sequential latency.
 	seqTarget := func(r seqResult) string {

@@ -4,46 +4,16 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/url"
-	"os"
 	"time"
 
-	"go.etcd.io/etcd/server/v3/embed"
+	"github.com/rhizome-net/rhizome/datastore/etcdserver"
 )
 
 // ServeEtcd runs the lab's etcd until ctx ends: data in dir, clients on
 // the unix socket only (it runs in a namespace of its own; agents in other
 // namespaces reach it through the socket file).
 func ServeEtcd(ctx context.Context, dir, socket string) error {
-	_ = os.Remove(socket)
-	cfg := embed.NewConfig()
-	cfg.Name = "rhizome-lab"
-	cfg.Dir = dir
-	client := url.URL{Scheme: "unix", Host: socket}
-	cfg.ListenClientUrls = []url.URL{client}
-	cfg.AdvertiseClientUrls = []url.URL{client}
-	peer := url.URL{Scheme: "http", Host: "127.0.0.1:2380"}
-	cfg.ListenPeerUrls = []url.URL{peer}
-	cfg.AdvertisePeerUrls = []url.URL{peer}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	cfg.LogLevel = "warn"
-	cfg.EnableGRPCGateway = false
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		return fmt.Errorf("start etcd: %w", err)
-	}
-	defer e.Close()
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(30 * time.Second):
-		return fmt.Errorf("etcd not ready after 30s")
-	}
-	select {
-	case <-ctx.Done():
-		return nil
-	case err := <-e.Err():
-		return err
-	}
+	return etcdserver.Serve(ctx, "rhizome-lab", dir, socket)
 }
 
 // Respond answers every TCP connection on port with name and a newline:

@@ -8,7 +8,6 @@ package agenttest
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -34,6 +33,7 @@ type Agent struct {
 	Store  datastore.Store
 	Pods   *Pods
 	mtu    int
+	wrap   func(datastore.Store) datastore.Store
 
 	mu      sync.Mutex
 	alloc   *ipam.Allocator
@@ -46,6 +46,7 @@ type config struct {
 	node  string
 	mtu   int
 	pools []api.Object
+	wrap  func(datastore.Store) datastore.Store
 }
 
 // Option configures Start.
@@ -64,6 +65,12 @@ func Pool(name, cidr string) Option {
 		api.SetDefaults(p)
 		c.pools = append(c.pools, p)
 	}
+}
+
+// ServiceStore wraps the store the service is given (not the allocator's):
+// a test counts what the service reads.
+func ServiceStore(wrap func(datastore.Store) datastore.Store) Option {
+	return func(c *config) { c.wrap = wrap }
 }
 
 // Object stores any resource before the service starts (a reservation).
@@ -93,7 +100,7 @@ func Start(t testing.TB, opts ...Option) *Agent {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	a := &Agent{t: t, Node: c.node, Socket: filepath.Join(dir, "run", "cni.sock"), Etcd: srv, Store: store, Pods: NewPods(), mtu: c.mtu}
+	a := &Agent{t: t, Node: c.node, Socket: filepath.Join(dir, "run", "cni.sock"), Etcd: srv, Store: store, Pods: NewPods(), mtu: c.mtu, wrap: c.wrap}
 	a.Start()
 	t.Cleanup(a.Stop)
 	return a
@@ -115,7 +122,11 @@ func (a *Agent) Start() {
 	if err != nil {
 		a.t.Fatalf("agenttest: allocator: %v", err)
 	}
-	svc, err := cnisvc.New(cnisvc.Config{Allocator: alloc, Store: a.Store, Pods: a.Pods, MTU: a.mtu, Log: log})
+	svcStore := a.Store
+	if a.wrap != nil {
+		svcStore = a.wrap(a.Store)
+	}
+	svc, err := cnisvc.New(cnisvc.Config{Allocator: alloc, Store: svcStore, Pods: a.Pods, MTU: a.mtu, Log: log})
 	if err != nil {
 		a.t.Fatal(err)
 	}
@@ -149,25 +160,13 @@ func (a *Agent) Stop() {
 // handle.
 func (a *Agent) Allocated() map[netip.Addr]string {
 	a.t.Helper()
-	kvs, _, err := a.Store.List(context.Background(), ipam.BlockPrefix)
+	blocks, err := ipam.ListBlocks(context.Background(), a.Store)
 	if err != nil {
-		a.t.Fatalf("agenttest: list blocks: %v", err)
+		a.t.Fatalf("agenttest: %v", err)
 	}
 	out := map[netip.Addr]string{}
-	for _, kv := range kvs {
-		var b ipam.Block
-		if err := json.Unmarshal(kv.Value, &b); err != nil {
-			a.t.Fatalf("agenttest: block %s: %v", kv.Key, err)
-		}
-		for n, idx := range b.Allocations {
-			if idx != nil {
-				addr := b.CIDR.Addr()
-				for range n {
-					addr = addr.Next()
-				}
-				out[addr] = b.Attributes[*idx].Handle
-			}
-		}
+	for _, b := range blocks {
+		b.Allocated(func(addr netip.Addr, attr ipam.Attribute) { out[addr] = attr.Handle })
 	}
 	return out
 }
