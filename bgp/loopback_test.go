@@ -343,6 +343,9 @@ func TestSpeakerLoopbackIPv6(t *testing.T) {
 		st[0].PrefixesAdvertised != 2 || st[0].PrefixesReceived != 1 {
 		t.Errorf("A's status = %+v, want the IPv6 peer ::1 established, 2 prefixes advertised and 1 received", st)
 	}
+	if stB, _ := spB.Status(ctx); len(stB) != 1 || stB[0].PrefixesReceived != 2 {
+		t.Errorf("B's status = %+v, want A's 2 IPv6 prefixes received and nothing else", stB)
+	}
 
 	if err := spA.SetAdvertisements(ctx, []bgp.Advertisement{{Prefix: blkA, NextHop: nhA}}); err != nil {
 		t.Fatal(err)
