@@ -44,19 +44,26 @@ func (c *cluster) start6(nd *bgplab.Node, i int) *bgplab.Speaker {
 
 // hasDualBlocks is a wait condition: the view holds exactly the IPv4 and
 // IPv6 blocks of the given nodes (1-based), each via its node's address
-// of the block's family, learned from the peer via(i) names (its address
-// of the same family).
-func (c *cluster) hasDualBlocks(via func(origin int) int, idx ...int) func(bgplab.View) bool {
+// of the block's family, learned from one of the peers via(i) names (its
+// address of the same family).
+func (c *cluster) hasDualBlocks(via func(origin int) []int, idx ...int) func(bgplab.View) bool {
 	return func(v bgplab.View) bool {
 		if len(v.Routes) != 2*len(idx) {
 			return false
 		}
 		for _, i := range idx {
-			nd, from := c.nodes[i-1], c.nodes[via(i)-1]
+			nd := c.nodes[i-1]
 			r4, ok4 := v.Routes[block(i)]
 			r6, ok6 := v.Routes[block6(i)]
-			if !ok4 || !ok6 || r4.NextHop != nd.Addr.Addr() || r6.NextHop != nd.Addr6.Addr() ||
-				r4.Peer != from.Addr.Addr() || r6.Peer != from.Addr6.Addr() {
+			if !ok4 || !ok6 || r4.NextHop != nd.Addr.Addr() || r6.NextHop != nd.Addr6.Addr() {
+				return false
+			}
+			from4, from6 := false, false
+			for _, j := range via(i) {
+				from4 = from4 || r4.Peer == c.nodes[j-1].Addr.Addr()
+				from6 = from6 || r6.Peer == c.nodes[j-1].Addr6.Addr()
+			}
+			if !from4 || !from6 {
 				return false
 			}
 		}
@@ -64,28 +71,36 @@ func (c *cluster) hasDualBlocks(via func(origin int) int, idx ...int) func(bgpla
 	}
 }
 
-// TestPrivilegedDualStack runs 3 dual-stack nodes in namespaces: a mesh
+// TestPrivilegedDualStack runs 4 dual-stack nodes in namespaces: a mesh
 // with one session per family between every pair (IPv6 blocks via the
-// nodes' IPv6 addresses), then the mesh off with n3 as route reflector,
-// which reflects the IPv6 blocks over its IPv6 sessions with the
-// originators' next hops.
+// nodes' IPv6 addresses), then the mesh off with n3 and n4 as route
+// reflectors sharing a cluster ID, which reflect the IPv6 blocks over
+// their IPv6 sessions with the originators' next hops; a withdrawn IPv6
+// block disappears everywhere (the reflectors accept only each other's
+// own routes, in IPv6 too).
 func TestPrivilegedDualStack(t *testing.T) {
-	c := newCluster(t, "10.79.0.0/24", 3)
+	c := newCluster(t, "10.79.0.0/24", 4)
 	c.dualStack()
 	begin := time.Now()
 	for i, nd := range c.nodes {
 		c.start6(nd, i+1)
 	}
-	direct := func(origin int) int { return origin }
+	direct := func(origin int) []int { return []int{origin} }
 	for i, nd := range c.nodes {
 		c.speakers[nd.Name].Wait(30*time.Second, "dual-stack mesh converges", func(v bgplab.View) bool {
-			return v.Established() == 4 && c.hasDualBlocks(direct, others(3, i+1)...)(v)
+			return v.Established() == 6 && c.hasDualBlocks(direct, others(4, i+1)...)(v)
 		})
 	}
-	t.Logf("dual-stack mesh of 3 converged in %v", time.Since(begin).Round(time.Millisecond))
+	t.Logf("dual-stack mesh of 4 converged in %v", time.Since(begin).Round(time.Millisecond))
 
 	st := c.speakers["n1"].Status()
-	want := []netip.Addr{c.nodes[1].Addr.Addr(), c.nodes[2].Addr.Addr(), c.nodes[1].Addr6.Addr(), c.nodes[2].Addr6.Addr()}
+	var want []netip.Addr
+	for _, nd := range c.nodes[1:] {
+		want = append(want, nd.Addr.Addr())
+	}
+	for _, nd := range c.nodes[1:] {
+		want = append(want, nd.Addr6.Addr())
+	}
 	if len(st) != len(want) {
 		t.Fatalf("n1 status has %d peers, want %d (one per family per node): %+v", len(st), len(want), st)
 	}
@@ -95,21 +110,22 @@ func TestPrivilegedDualStack(t *testing.T) {
 		}
 	}
 
-	// Mesh off, n3 route reflector: n1 and n2 hear each other through n3
-	// in both families.
+	// Mesh off, n3 and n4 route reflectors of one cluster: n1 and n2 hear
+	// each other through them in both families.
 	off := false
 	c.configs = []api.BGPConfiguration{{ObjectMeta: api.ObjectMeta{Name: "default"}, Spec: api.BGPConfigurationSpec{NodeToNodeMeshEnabled: &off}}}
 	c.apiNode("n3").Spec.BGP.RouteReflectorClusterID = "244.0.0.3"
+	c.apiNode("n4").Spec.BGP.RouteReflectorClusterID = "244.0.0.3"
 	for _, nd := range c.nodes {
 		c.sync(nd.Name)
 	}
-	viaRR := func(int) int { return 3 }
+	viaRR := func(int) []int { return []int{3, 4} } // a reflector's own blocks may come reflected by the other one
 	for _, tc := range []struct {
 		name     string
 		idx      []int
-		via      func(int) int
+		via      func(int) []int
 		sessions int
-	}{{"n1", []int{2, 3}, viaRR, 2}, {"n2", []int{1, 3}, viaRR, 2}, {"n3", []int{1, 2}, direct, 4}} {
+	}{{"n1", []int{2, 3, 4}, viaRR, 4}, {"n2", []int{1, 3, 4}, viaRR, 4}, {"n3", []int{1, 2, 4}, direct, 6}, {"n4", []int{1, 2, 3}, direct, 6}} {
 		sp := c.speakers[tc.name]
 		sp.Wait(30*time.Second, "routes through the route reflector", c.hasDualBlocks(tc.via, tc.idx...))
 		if err := sp.WaitErr(30*time.Second, func(bgplab.View) bool {
@@ -120,18 +136,31 @@ func TestPrivilegedDualStack(t *testing.T) {
 		}
 	}
 	for _, p := range c.speakers["n3"].Status() {
-		if p.Type != bgp.TypeRRClient {
-			t.Errorf("n3 peer %s type %q, want %q", p.Address, p.Type, bgp.TypeRRClient)
+		wantType := bgp.TypeRRClient
+		if p.Node == "n4" {
+			wantType = bgp.TypeRR
+		}
+		if p.Type != wantType {
+			t.Errorf("n3 peer %s (%s) type %q, want %q", p.Address, p.Node, p.Type, wantType)
 		}
 	}
 
-	// n1 withdraws its IPv6 block: gone on n2 (through the reflector), the
+	// n1 withdraws its IPv6 block: gone on n2 and on both reflectors, the
 	// IPv4 block stays.
 	sp1 := c.speakers["n1"]
 	sp1.SetAdvertisements(bgp.Advertisement{Prefix: block(1), NextHop: c.nodes[0].Addr.Addr()})
-	c.speakers["n2"].Wait(20*time.Second, "n1's IPv6 block withdrawn, its IPv4 block kept", func(v bgplab.View) bool {
-		_, has6 := v.Routes[block6(1)]
-		r4, has4 := v.Routes[block(1)]
-		return !has6 && has4 && r4.NextHop == c.nodes[0].Addr.Addr()
-	})
+	for _, name := range []string{"n2", "n3", "n4"} {
+		c.speakers[name].Wait(20*time.Second, "n1's IPv6 block withdrawn, its IPv4 block kept", func(v bgplab.View) bool {
+			_, has6 := v.Routes[block6(1)]
+			r4, has4 := v.Routes[block(1)]
+			return !has6 && has4 && r4.NextHop == c.nodes[0].Addr.Addr()
+		})
+	}
+	// Stays withdrawn: no reflector keeps the other's reflected copy alive.
+	time.Sleep(2 * time.Second)
+	for _, name := range []string{"n2", "n3", "n4"} {
+		if r, ok := c.speakers[name].View().Routes[block6(1)]; ok {
+			t.Errorf("%s has n1's withdrawn IPv6 block again: %+v", name, r)
+		}
+	}
 }
