@@ -32,8 +32,9 @@ func logSeverities() []string { return []string{"Debug", "Info", "Warning", "Err
 //   - every kind: apiVersion rhizome.io/v1 and the kind.
 //   - IPPool: blockSize 26 (IPv4) or 122 (IPv6) when 0 and the CIDR
 //     parses; ipipMode and vxlanMode Never; assignmentMode Automatic;
-//     allowedUses Workload and Tunnel (Workload only on IPv6 pools, where
-//     tunnel addresses cannot be used); nodeSelector "all()".
+//     allowedUses Workload and Tunnel, for IPv6 pools too (as Calico's:
+//     Tunnel addresses of an IPv6 pool are the IPv6 VXLAN device's);
+//     nodeSelector "all()".
 //   - BGPConfiguration: Calico's logSeverityScreen moves into logSeverity.
 //     Cluster-wide defaults are not stored in the object: see EffectiveBGP.
 //   - BGPPeer: nextHopMode Auto, sourceAddress UseNodeIP.
@@ -85,9 +86,6 @@ func defaultIPPool(s *IPPoolSpec) {
 	}
 	if len(s.AllowedUses) == 0 {
 		s.AllowedUses = []IPUse{UseWorkload, UseTunnel}
-		if parsed && p.Addr().Is6() {
-			s.AllowedUses = []IPUse{UseWorkload}
-		}
 	} else {
 		for i, u := range s.AllowedUses {
 			s.AllowedUses[i] = IPUse(canonical(string(u), string(UseWorkload), string(UseTunnel)))

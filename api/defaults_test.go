@@ -17,7 +17,15 @@ func TestSetDefaultsIPPool(t *testing.T) {
 		}},
 		{"v6 empty", IPPoolSpec{CIDR: "fd00::/48"}, IPPoolSpec{
 			CIDR: "fd00::/48", BlockSize: 122, IPIPMode: EncapNever, VXLANMode: EncapNever, NodeSelector: "all()",
+			AssignmentMode: AssignmentAutomatic, AllowedUses: []IPUse{UseWorkload, UseTunnel},
+		}},
+		{"v6 workload only kept", IPPoolSpec{CIDR: "fd00::/48", AllowedUses: []IPUse{"workload"}}, IPPoolSpec{
+			CIDR: "fd00::/48", BlockSize: 122, IPIPMode: EncapNever, VXLANMode: EncapNever, NodeSelector: "all()",
 			AssignmentMode: AssignmentAutomatic, AllowedUses: []IPUse{UseWorkload},
+		}},
+		{"v6 vxlan tunnel only", IPPoolSpec{CIDR: "fd00::/48", VXLANMode: "always", AllowedUses: []IPUse{"Tunnel"}}, IPPoolSpec{
+			CIDR: "fd00::/48", BlockSize: 122, IPIPMode: EncapNever, VXLANMode: EncapAlways, NodeSelector: "all()",
+			AssignmentMode: AssignmentAutomatic, AllowedUses: []IPUse{UseTunnel},
 		}},
 		{"cidr unparseable", IPPoolSpec{CIDR: "nope"}, IPPoolSpec{
 			CIDR: "nope", BlockSize: 0, IPIPMode: EncapNever, VXLANMode: EncapNever, NodeSelector: "all()",

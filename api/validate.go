@@ -255,9 +255,9 @@ func validateIPPool(errs *fieldErrors, s *IPPoolSpec) {
 			errs.add(field, "%s is listed twice: remove the duplicate", u)
 		}
 		seen[u] = true
-		if u == UseTunnel && v6 {
-			errs.add(field, "Tunnel is not allowed on an IPv6 pool: IPIP tunnel addresses are IPv4; remove it")
-		}
+		// Tunnel on an IPv6 pool is for the IPv6 VXLAN device's address;
+		// the IPIP tunnel address, IPv4 only, comes from pools with
+		// ipipMode, which an IPv6 pool cannot have (spec.ipipMode above).
 	}
 }
 

@@ -223,8 +223,15 @@ func TestValidateIPPool(t *testing.T) {
 			fe("spec.allowedUses[1]", `"Service" is not one of Workload, Tunnel`)},
 		{"allowedUses duplicate", testPool("p", "10.0.0.0/16", func(p *IPPool) { p.Spec.AllowedUses = []IPUse{UseTunnel, UseTunnel} }),
 			fe("spec.allowedUses[1]", "Tunnel is listed twice")},
-		{"allowedUses tunnel on v6", testPool("p", "fd00::/48", func(p *IPPool) { p.Spec.AllowedUses = []IPUse{UseWorkload, UseTunnel} }),
-			fe("spec.allowedUses[1]", "Tunnel is not allowed on an IPv6 pool")},
+		{"allowedUses tunnel on v6 (VXLAN's IPv6 tunnel address)", testPool("p", "fd00::/48", func(p *IPPool) { p.Spec.AllowedUses = []IPUse{UseWorkload, UseTunnel} }), nil},
+		{"allowedUses tunnel on v6 with vxlanMode", testPool("p", "fd00::/48", func(p *IPPool) {
+			p.Spec.AllowedUses, p.Spec.VXLANMode = []IPUse{UseTunnel}, EncapCrossSubnet
+		}), nil},
+		{"allowedUses tunnel on v6 with ipipMode", testPool("p", "fd00::/48", func(p *IPPool) {
+			p.Spec.AllowedUses, p.Spec.IPIPMode = []IPUse{UseWorkload, UseTunnel}, EncapAlways
+		}), fe("spec.ipipMode", "Always is not possible on an IPv6 pool: IPIP carries IPv4 only")},
+		{"allowedUses duplicate tunnel on v6", testPool("p", "fd00::/48", func(p *IPPool) { p.Spec.AllowedUses = []IPUse{UseTunnel, UseTunnel} }),
+			fe("spec.allowedUses[1]", "Tunnel is listed twice")},
 	})
 }
 

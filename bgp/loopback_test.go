@@ -109,23 +109,28 @@ func TestSpeakerLoopback(t *testing.T) {
 	if err := spB.SetPeers(ctx, []bgp.Peer{peer(a, b, true)}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, "B learns A's block, host route and IPv6 block", func() bool {
+	eventually(t, 20*time.Second, "B learns A's block and host route", func() bool {
 		r1, ok1 := logB.get(blk)
 		r2, ok2 := logB.get(host)
-		r3, ok3 := logB.get(v6)
-		return ok1 && ok2 && ok3 && r1.NextHop == a && r2.NextHop == a && r3.NextHop == netip.MustParseAddr("fd00::1") && r1.Peer == a
+		return ok1 && ok2 && r1.NextHop == a && r2.NextHop == a && r1.Peer == a
 	})
+	// The IPv6 block is not sent on the IPv4 session: IPv6 prefixes travel
+	// on sessions between the nodes' IPv6 addresses (TestSpeakerLoopbackIPv6).
+	time.Sleep(500 * time.Millisecond)
+	if r, ok := logB.get(v6); ok {
+		t.Errorf("B learned the IPv6 block %v over the IPv4 session", r)
+	}
 	st, err := spA.Status(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(st) != 1 || st[0].State != bgp.StateEstablished || st[0].PrefixesAdvertised != 3 || st[0].PrefixesReceived != 0 || st[0].Type != bgp.TypeMesh {
-		t.Errorf("A's status = %+v", st)
+	if len(st) != 1 || st[0].State != bgp.StateEstablished || st[0].PrefixesAdvertised != 2 || st[0].PrefixesReceived != 0 || st[0].Type != bgp.TypeMesh {
+		t.Errorf("A's status = %+v, want an established mesh session advertising the 2 IPv4 prefixes", st)
 	}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
 # HELP rhizome_bgp_prefixes_advertised Prefixes advertised to a BGP peer.
 # TYPE rhizome_bgp_prefixes_advertised gauge
-rhizome_bgp_prefixes_advertised{peer="127.0.0.2",type="node-to-node mesh"} 3
+rhizome_bgp_prefixes_advertised{peer="127.0.0.2",type="node-to-node mesh"} 2
 `), "rhizome_bgp_prefixes_advertised"); err != nil {
 		t.Error(err)
 	}
@@ -263,5 +268,103 @@ func TestStartRefusesBadConfig(t *testing.T) {
 		if _, err := bgp.Start(ctx, tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Start(%+v): err = %v, want %q", tc.cfg, err, tc.want)
 		}
+	}
+}
+
+// freePort6 returns a TCP port free on ::1 at the time of asking.
+func freePort6(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Fatalf("IPv6 loopback: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// TestSpeakerLoopbackIPv6 runs two speakers on ::1, each listening on a
+// port of its own (no root needed), with an IPv6 session between them:
+// IPv6 blocks and host routes flow both ways with IPv6 next hops, IPv4
+// prefixes stay off the IPv6 session, withdrawals follow, and the status
+// lists the IPv6 peer.
+func TestSpeakerLoopbackIPv6(t *testing.T) {
+	ctx := context.Background()
+	lo := netip.MustParseAddr("::1")
+	portA, portB := freePort6(t), freePort6(t)
+	logA := &routeLog{routes: map[netip.Prefix]bgp.RouteEvent{}}
+	logB := &routeLog{routes: map[netip.Prefix]bgp.RouteEvent{}}
+	start := func(id string, port int, l *routeLog) *bgp.Speaker {
+		sp, err := bgp.Start(ctx, bgp.Config{RouterID: netip.MustParseAddr(id), AS: 64512, ListenAddresses: []netip.Addr{lo},
+			ListenPort: port, ConnectRetry: time.Second}, bgp.OnRoute(l.add), bgp.WithLogger(quietLogger()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { sp.Shutdown(ctx) })
+		return sp
+	}
+	spA, spB := start("127.0.0.11", portA, logA), start("127.0.0.12", portB, logB)
+
+	nhA, nhB := netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2")
+	blkA, hostA := netip.MustParsePrefix("fd10::/122"), netip.MustParsePrefix("fd11::5/128")
+	blkB := netip.MustParsePrefix("fd10::40/122")
+	v4 := netip.MustParsePrefix("10.244.7.0/26")
+	if err := spA.SetAdvertisements(ctx, []bgp.Advertisement{{Prefix: blkA, NextHop: nhA}, {Prefix: hostA, NextHop: nhA},
+		{Prefix: v4, NextHop: netip.MustParseAddr("127.0.0.11")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := spB.SetAdvertisements(ctx, []bgp.Advertisement{{Prefix: blkB, NextHop: nhB}}); err != nil {
+		t.Fatal(err)
+	}
+	peer := func(port int, passive bool) bgp.Peer {
+		return bgp.Peer{Address: lo, Port: uint16(port), AS: 64512, LocalAS: 64512, Type: bgp.TypeMesh, Passive: passive,
+			SourceAddress: lo, GracefulRestartSeconds: 120}
+	}
+	if err := spA.SetPeers(ctx, []bgp.Peer{peer(portB, false)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := spB.SetPeers(ctx, []bgp.Peer{peer(portA, true)}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "B learns A's IPv6 block and host route via fd00::1, A learns B's block via fd00::2", func() bool {
+		r1, ok1 := logB.get(blkA)
+		r2, ok2 := logB.get(hostA)
+		r3, ok3 := logA.get(blkB)
+		return ok1 && ok2 && ok3 && r1.NextHop == nhA && r2.NextHop == nhA && r1.Peer == lo && r3.NextHop == nhB
+	})
+	time.Sleep(500 * time.Millisecond)
+	if r, ok := logB.get(v4); ok {
+		t.Errorf("B learned the IPv4 block %v over the IPv6 session", r)
+	}
+	st, err := spA.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st) != 1 || st[0].Address != lo || st[0].Port != uint16(portB) || st[0].State != bgp.StateEstablished ||
+		st[0].PrefixesAdvertised != 2 || st[0].PrefixesReceived != 1 {
+		t.Errorf("A's status = %+v, want the IPv6 peer ::1 established, 2 prefixes advertised and 1 received", st)
+	}
+	if stB, _ := spB.Status(ctx); len(stB) != 1 || stB[0].PrefixesReceived != 2 {
+		t.Errorf("B's status = %+v, want A's 2 IPv6 prefixes received and nothing else", stB)
+	}
+
+	if err := spA.SetAdvertisements(ctx, []bgp.Advertisement{{Prefix: blkA, NextHop: nhA}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "B sees the IPv6 host route withdrawn", func() bool { _, ok := logB.get(hostA); return !ok })
+	if _, ok := logB.get(blkA); !ok {
+		t.Error("withdrawing the IPv6 host route withdrew the block too")
+	}
+}
+
+func TestSetPeersRefusesMixedFamilies(t *testing.T) {
+	ctx := context.Background()
+	sp, err := bgp.Start(ctx, bgp.Config{RouterID: netip.MustParseAddr("127.0.0.1"), AS: 64512, ListenPort: freePort(t)}, bgp.WithLogger(quietLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Shutdown(ctx)
+	err = sp.SetPeers(ctx, []bgp.Peer{{Address: netip.MustParseAddr("fd00::2"), AS: 64512, SourceAddress: netip.MustParseAddr("127.0.0.1")}})
+	if err == nil || !strings.Contains(err.Error(), "peer fd00::2: source address 127.0.0.1 is not of the peer's address family") {
+		t.Errorf("IPv6 peer from an IPv4 source: err = %v", err)
 	}
 }

@@ -203,6 +203,47 @@ func TestPeers(t *testing.T) {
 			"b": {{"10.0.0.1", TypeMesh, 64512, "P"}, {"10.0.0.3", TypeMesh, 64512, ""}, {"fd00::1", TypeMesh, 64512, "P"}},
 		},
 		clients: 4,
+	}, {
+		name: "dual stack, mesh off, route reflector: its clients peer with it in each family",
+		topo: Topology{Nodes: []api.Node{node("a", "10.0.0.1/24", "v6=fd00::1/64", "rr=244.0.0.1"), node("b", "10.0.0.2/24", "v6=fd00::2/64"),
+			node("c", "10.0.0.3/24", "v6=fd00::3/64")}, Configs: []api.BGPConfiguration{meshOff(0)}},
+		want: map[string][]row{
+			"a": {{"10.0.0.2", TypeRRClient, 64512, "C"}, {"10.0.0.3", TypeRRClient, 64512, "C"}, {"fd00::2", TypeRRClient, 64512, "C"}, {"fd00::3", TypeRRClient, 64512, "C"}},
+			"b": {{"10.0.0.1", TypeRR, 64512, "P"}, {"fd00::1", TypeRR, 64512, "P"}},
+		},
+		clients: 4,
+	}, {
+		name: "dual stack, seed 004 peerSelector: sessions with the reflectors in both families",
+		topo: Topology{Nodes: []api.Node{node("a", "10.0.0.1/24", "v6=fd00::1/64"), node("b", "10.0.0.2/24", "v6=fd00::2/64"),
+			node("rr1", "10.0.0.9/24", "v6=fd00::9/64", "rr=244.0.0.1", "route-reflector=true"),
+			node("rr2", "10.0.0.10/24", "v6=fd00::a/64", "rr=244.0.0.1", "route-reflector=true")},
+			Configs: []api.BGPConfiguration{meshOff(0)}, Peers: []api.BGPPeer{seedPeer}},
+		want: map[string][]row{
+			"a":   {{"10.0.0.9", TypeNode, 64512, ""}, {"10.0.0.10", TypeNode, 64512, ""}, {"fd00::9", TypeNode, 64512, ""}, {"fd00::a", TypeNode, 64512, ""}},
+			"rr1": {{"10.0.0.1", TypeNode, 64512, "PC"}, {"10.0.0.2", TypeNode, 64512, "PC"}, {"10.0.0.10", TypeNode, 64512, "O"}, {"fd00::1", TypeNode, 64512, "PC"}, {"fd00::2", TypeNode, 64512, "PC"}, {"fd00::a", TypeNode, 64512, "O"}},
+		},
+		clients: 10, // per family: 2 clients x 2 reflectors + 1 reflector pair
+	}, {
+		name: "BGPPeers with IPv6 peerIPs: from the node's IPv6 address, none on a node without one",
+		topo: Topology{Nodes: []api.Node{node("a", "10.0.0.1/24", "v6=fd00::1/64", "rack=0"), node("b", "10.0.0.2/24", "v6=fd00::2/64", "rack=1"),
+			node("c", "10.0.0.3/24", "rack=0")}, Configs: []api.BGPConfiguration{meshOff(0)}, Peers: []api.BGPPeer{
+			tor("rack0-tor6", `rack == "0"`, "fd00::fe", 65000),
+			tor("edge6", "", "[fd99::1]:1179", 65100),
+		}},
+		want: map[string][]row{
+			"a": {{"fd00::fe", TypeNode, 65000, "EW"}, {"fd99::1", TypeGlobal, 65100, "EMW"}},
+			"b": {{"fd99::1", TypeGlobal, 65100, "EMW"}},
+			"c": nil,
+		},
+		clients: -1,
+	}, {
+		name: "IPv6 mesh across subnets in different ASes: eBGP multihop in IPv6 too",
+		topo: Topology{Nodes: []api.Node{node("a", "10.0.0.1/24", "v6=fd00::1/64"), node("b", "10.0.1.1/24", "v6=fd00:1::1/64", "as=65001")}},
+		want: map[string][]row{
+			"a": {{"10.0.1.1", TypeMesh, 65001, "EM"}, {"fd00:1::1", TypeMesh, 65001, "EM"}},
+			"b": {{"10.0.0.1", TypeMesh, 64512, "PEM"}, {"fd00::1", TypeMesh, 64512, "PEM"}},
+		},
+		clients: 2,
 	}}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -216,6 +257,11 @@ func TestPeers(t *testing.T) {
 					t.Fatalf("Peers(%s): %v", n.Name, err)
 				}
 				all[n.Name] = peers
+				for _, p := range peers {
+					if p.SourceAddress.Is4() != p.Address.Is4() {
+						t.Errorf("%s: peer %s from source address %s: a session must stay in one family", n.Name, p.Address, p.SourceAddress)
+					}
+				}
 			}
 			for name, want := range tc.want {
 				var got []row

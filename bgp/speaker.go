@@ -191,7 +191,9 @@ func (s *Speaker) unregister() {
 
 // SetPeers makes the speaker's sessions exactly peers: it adds new peers,
 // removes peers not in the list, and re-creates peers whose settings
-// changed. Sessions of unchanged peers are not touched.
+// changed. Sessions of unchanged peers are not touched. A session carries
+// the unicast family of the peer's address only: a dual-stack pair of
+// nodes has two sessions, one per family.
 //
 // After a restart, call SetAdvertisements before SetPeers: a session that
 // comes up before the advertisements are in place would send an empty
@@ -213,6 +215,9 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []Peer) error {
 		}
 		if p.AS == 0 {
 			return fmt.Errorf("set BGP peers: peer %s has AS 0: give its AS number", p.Address)
+		}
+		if p.SourceAddress.IsValid() && p.SourceAddress.Unmap().Is4() != p.Address.Unmap().Is4() {
+			return fmt.Errorf("set BGP peers: peer %s: source address %s is not of the peer's address family: a session is IPv4 or IPv6 end to end", p.Address, p.SourceAddress)
 		}
 		want[p.Address] = p
 	}
@@ -285,14 +290,15 @@ func (s *Speaker) apiPeer(p Peer) *apipb.Peer {
 	if p.SourceAddress.IsValid() {
 		ap.Transport.LocalAddress = p.SourceAddress.String()
 	}
-	// Both families on every session: GoBGP would otherwise enable only the
-	// neighbor address's family.
-	for _, afi := range []apipb.Family_Afi{apipb.Family_AFI_IP, apipb.Family_AFI_IP6} {
-		ap.AfiSafis = append(ap.AfiSafis, &apipb.AfiSafi{
-			Config:            &apipb.AfiSafiConfig{Family: &apipb.Family{Afi: afi, Safi: apipb.Family_SAFI_UNICAST}, Enabled: true},
-			MpGracefulRestart: &apipb.MpGracefulRestart{Config: &apipb.MpGracefulRestartConfig{Enabled: gr}},
-		})
-	}
+	// One family per session, the family of the peer's address: IPv4
+	// prefixes travel on sessions between IPv4 addresses, IPv6 prefixes on
+	// sessions between IPv6 addresses, with the node's IPv6 address as next
+	// hop. This is how Calico configures BIRD (bird.cfg and bird6.cfg), so
+	// BIRD and FRR peers need nothing special for rhizome.
+	ap.AfiSafis = []*apipb.AfiSafi{{
+		Config:            &apipb.AfiSafiConfig{Family: sessionFamily(p.Address), Enabled: true},
+		MpGracefulRestart: &apipb.MpGracefulRestart{Config: &apipb.MpGracefulRestartConfig{Enabled: gr}},
+	}}
 	if gr {
 		ap.GracefulRestart = &apipb.GracefulRestart{Enabled: true, RestartTime: uint32(p.GracefulRestartSeconds)}
 	}
@@ -303,6 +309,15 @@ func (s *Speaker) apiPeer(p Peer) *apipb.Peer {
 		ap.EbgpMultihop = &apipb.EbgpMultihop{Enabled: true, MultihopTtl: MultihopTTL}
 	}
 	return ap
+}
+
+// sessionFamily is the one address family a session with a peer at addr
+// carries: IPv4 or IPv6 unicast.
+func sessionFamily(addr netip.Addr) *apipb.Family {
+	if addr.Unmap().Is4() {
+		return &apipb.Family{Afi: apipb.Family_AFI_IP, Safi: apipb.Family_SAFI_UNICAST}
+	}
+	return &apipb.Family{Afi: apipb.Family_AFI_IP6, Safi: apipb.Family_SAFI_UNICAST}
 }
 
 // SetAdvertisements makes the speaker originate exactly advs: new prefixes

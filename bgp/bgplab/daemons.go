@@ -166,6 +166,7 @@ type FRR struct {
 }
 
 // StartFRR writes conf and starts bgpd -Z (no zebra) in nd's namespace,
+// listening on the node's IPv4 and IPv6 addresses,
 // with its vty socket in a directory of its own and no vty TCP port. bgpd
 // drops privileges to the frr user, so the directory belongs to frr.
 func StartFRR(t testing.TB, nd *Node, conf string) *FRR {
@@ -196,7 +197,7 @@ func StartFRR(t testing.TB, nd *Node, conf string) *FRR {
 	}
 	f := &FRR{Node: nd, dir: dir, out: &bytes.Buffer{}}
 	cmd := nd.Command(BgpdBin, "-Z", "-f", cfg, "-i", filepath.Join(dir, "bgpd.pid"),
-		"--vty_socket", dir, "-P", "0", "-l", nd.Addr.Addr().String())
+		"--vty_socket", dir, "-P", "0", "-l", nd.Addr.Addr().String(), "-l", nd.Addr6.Addr().String())
 	cmd.Stdout, cmd.Stderr = f.out, f.out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	f.cmd = start(t, cmd, "bgpd")
