@@ -17,7 +17,21 @@ type KindInfo struct {
 	Aliases []string
 	// New returns an empty object of the kind, with TypeMeta set.
 	New func() Object
+	// CRDKind is the kind of the CustomResourceDefinition that stores the
+	// kind in the Kubernetes API (manifests/crds): Kind, except for Node,
+	// stored as RhizomeNode so that it does not shadow the core Node kind.
+	CRDKind string
+	// CRDPlural is the CRD's resource name ("ippools", "rhizomenodes"):
+	// the CRD is named CRDPlural + "." + Group.
+	CRDPlural string
 }
+
+// Group is the API group of rhizome's resources and of their
+// CustomResourceDefinitions.
+const Group = "rhizome.io"
+
+// KindRhizomeNode is the CRD kind of a rhizome Node in the Kubernetes API.
+const KindRhizomeNode = "RhizomeNode"
 
 // Kinds returns the five resource kinds, in the order IPPool,
 // IPReservation, BGPConfiguration, BGPPeer, Node. The result is a new slice
@@ -25,31 +39,31 @@ type KindInfo struct {
 func Kinds() []KindInfo {
 	return []KindInfo{
 		{
-			Kind: KindIPPool, Plural: "ippools",
+			Kind: KindIPPool, Plural: "ippools", CRDKind: KindIPPool, CRDPlural: "ippools",
 			Aliases: []string{"ippool", "ippools", "pool", "pools"},
 			New:     func() Object { return &IPPool{TypeMeta: TypeMeta{APIVersion: GroupVersion, Kind: KindIPPool}} },
 		},
 		{
-			Kind: KindIPReservation, Plural: "ipreservations",
+			Kind: KindIPReservation, Plural: "ipreservations", CRDKind: KindIPReservation, CRDPlural: "ipreservations",
 			Aliases: []string{"ipreservation", "ipreservations", "ipres"},
 			New: func() Object {
 				return &IPReservation{TypeMeta: TypeMeta{APIVersion: GroupVersion, Kind: KindIPReservation}}
 			},
 		},
 		{
-			Kind: KindBGPConfiguration, Plural: "bgpconfigurations",
+			Kind: KindBGPConfiguration, Plural: "bgpconfigurations", CRDKind: KindBGPConfiguration, CRDPlural: "bgpconfigurations",
 			Aliases: []string{"bgpconfiguration", "bgpconfigurations", "bgpconfig", "bgpconfigs"},
 			New: func() Object {
 				return &BGPConfiguration{TypeMeta: TypeMeta{APIVersion: GroupVersion, Kind: KindBGPConfiguration}}
 			},
 		},
 		{
-			Kind: KindBGPPeer, Plural: "bgppeers",
+			Kind: KindBGPPeer, Plural: "bgppeers", CRDKind: KindBGPPeer, CRDPlural: "bgppeers",
 			Aliases: []string{"bgppeer", "bgppeers"},
 			New:     func() Object { return &BGPPeer{TypeMeta: TypeMeta{APIVersion: GroupVersion, Kind: KindBGPPeer}} },
 		},
 		{
-			Kind: KindNode, Plural: "nodes",
+			Kind: KindNode, Plural: "nodes", CRDKind: KindRhizomeNode, CRDPlural: "rhizomenodes",
 			Aliases: []string{"node", "nodes"},
 			New:     func() Object { return &Node{TypeMeta: TypeMeta{APIVersion: GroupVersion, Kind: KindNode}} },
 		},
