@@ -126,9 +126,15 @@ func compareSchema(t reporter, path string, typ reflect.Type, s *schema) {
 				continue
 			}
 			if path == "" && f.name == "metadata" {
-				// The API server owns ObjectMeta's schema.
-				if fs.Type != "object" || len(fs.Properties) > 0 {
-					t.Errorf("metadata: want {type: object} and no properties, the API server's own")
+				// The API server owns ObjectMeta's schema; a CRD may only
+				// restrict the name.
+				if fs.Type != "object" {
+					t.Errorf("metadata: schema type %q, want object", fs.Type)
+				}
+				for n, ps := range fs.Properties {
+					if n != "name" || ps.Type != "string" {
+						t.Errorf("metadata.%s: a CRD may only restrict metadata.name, a string", n)
+					}
 				}
 				continue
 			}
