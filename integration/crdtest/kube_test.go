@@ -217,6 +217,18 @@ status:
 			t.Errorf("kubectl get %s -o name: %q, %v; want rhizomenode.rhizome.io/crdtest-rhizome-only", name, out, err)
 		}
 	}
+	// The category lists every rhizome object.
+	out, err = c.Kubectl(t, "get", "rhizome", "-o", "name")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"ippool.rhizome.io/rack-0-ippool", "bgppeer.rhizome.io/peer-with-route-reflectors",
+		"bgpconfiguration.rhizome.io/default", "rhizomenode.rhizome.io/crdtest-rhizome-only"} {
+		if !strings.Contains(out, want+"\n") {
+			t.Errorf("kubectl get rhizome -o name does not list %s:\n%s", want, out)
+		}
+	}
+
 	// status is a subresource: an apply of the whole object does not set
 	// it, a write to /status does.
 	out, err = c.Kubectl(t, "get", "rhizomenode", "crdtest-rhizome-only", "-o", "jsonpath={.status.ipsInUse}")
