@@ -287,7 +287,7 @@ func TestKubeAPIServerRefusesBadObjects(t *testing.T) {
 		{"unknown ipipMode", api.KindIPPool, "spec:\n  cidr: 10.9.0.0/16\n  ipipMode: Sometimes\n", "spec.ipipMode", "Unsupported value"},
 		{"unknown assignmentMode", api.KindIPPool, "spec:\n  cidr: 10.9.0.0/16\n  assignmentMode: Auto\n", "spec.assignmentMode", "Unsupported value"},
 		{"unknown allowed use", api.KindIPPool, "spec:\n  cidr: 10.9.0.0/16\n  allowedUses: [Workload, Pods]\n", "spec.allowedUses[1]", "Unsupported value"},
-		{"Tunnel on IPv6", api.KindIPPool, "spec:\n  cidr: fd00:9::/64\n  allowedUses: [Tunnel]\n", "spec.allowedUses", "IPv6"},
+		{"allowed use twice", api.KindIPPool, "spec:\n  cidr: 10.9.0.0/16\n  allowedUses: [Workload, Workload]\n", "spec.allowedUses[1]", "Duplicate value"},
 		{"reservation not canonical", api.KindIPReservation, "spec:\n  reservedCIDRs: [10.0.0.0/28, 10.0.0.1/24]\n", "spec.reservedCIDRs[1]", "canonical CIDR"},
 		{"reservation range of two families", api.KindIPReservation, "spec:\n  reservedCIDRs: [10.0.0.1-fd00::1]\n", "spec.reservedCIDRs[0]", "range of one family"},
 		{"BGPConfiguration name", api.KindBGPConfiguration, "spec:\n  asNumber: 64512\n", "metadata.name", `"default"`},
@@ -418,7 +418,7 @@ func TestKubeAPIServerImmutableAndUnknownFields(t *testing.T) {
 // goodCases are objects rhizome accepts that the CRDs must accept too: a
 // schema stricter than api.Validate would refuse what rhizomectl applies.
 var goodCases = []struct{ name, kind, yaml string }{
-	{"IPv6 pool", api.KindIPPool, "spec:\n  cidr: fd00:10:244::/48\n  blockSize: 122\n  vxlanMode: Always\n  allowedUses: [Workload]\n"},
+	{"IPv6 pool", api.KindIPPool, "spec:\n  cidr: fd00:10:244::/48\n  blockSize: 122\n  vxlanMode: Always\n  allowedUses: [Workload, Tunnel]\n"},
 	{"IPv4 pool, every field", api.KindIPPool, "spec:\n  cidr: 10.10.0.0/16\n  blockSize: 32\n  ipipMode: CrossSubnet\n  vxlanMode: Never\n" +
 		"  natOutgoing: true\n  disabled: true\n  nodeSelector: rack == \"0\"\n  namespaceSelector: team in (a, b)\n" +
 		"  assignmentMode: Manual\n  allowedUses: [Tunnel, Workload]\n  disableBGPExport: true\n"},
