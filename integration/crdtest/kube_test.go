@@ -183,6 +183,43 @@ func TestCRDsOnKubeAPIServer(t *testing.T) {
 		t.Errorf("kubectl get ippools: columns %q, want NAME CIDR SELECTOR", h)
 	}
 
+	// The other kinds print rhizomectl's columns too; a BGPPeer adds
+	// NODESELECTOR, which rhizomectl folds into NODE.
+	res := writeFile(t, dir, "ipreservation.yaml", []byte("apiVersion: rhizome.io/v1\nkind: IPReservation\nmetadata:\n  name: gateways\n"+
+		"spec:\n  reservedCIDRs: [192.168.0.1, 192.168.1.0/30]\n"))
+	if out, err := c.Kubectl(t, "apply", "--validate=strict", "-f", res); err != nil {
+		t.Fatalf("kubectl apply IPReservation: %v\n%s", err, out)
+	}
+	rhizomectl(t, c.Etcd().Endpoints(), "apply", "-f", res)
+	for _, tc := range []struct {
+		kubectl, rhizomectl string
+		extra               []string
+	}{
+		{"bgpconfigurations", "bgpconfig", nil},
+		{"bgppeers", "bgppeer", []string{"NODESELECTOR"}},
+		{"ipreservations", "ipreservation", nil},
+	} {
+		for _, wide := range [][]string{nil, {"-o", "wide"}} {
+			kout, err := c.Kubectl(t, append([]string{"get", tc.kubectl}, wide...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rout := rhizomectl(t, c.Etcd().Endpoints(), append([]string{"get", tc.rhizomectl}, wide...)...)
+			kh, _ := parseTable(t, kout)
+			rh, _ := parseTable(t, rout)
+			if wide != nil {
+				rh = append(rh, tc.extra...)
+			}
+			if strings.Join(kh, " ") != strings.Join(rh, " ") {
+				t.Errorf("kubectl get %s %v: columns %q, want rhizomectl's %q", tc.kubectl, wide, kh, rh)
+			}
+		}
+	}
+	out, err := c.Kubectl(t, "get", "ipreservation", "gateways")
+	if err != nil || !strings.Contains(out, `["192.168.0.1","192.168.1.0/30"]`) {
+		t.Errorf("kubectl get ipreservation gateways: %v\n%s", err, out)
+	}
+
 	// `kubectl get nodes` still lists Kubernetes Nodes; rhizome's record
 	// is a RhizomeNode.
 	ctx := context.Background()
@@ -204,7 +241,7 @@ status:
 	if out, err := c.Kubectl(t, "apply", "--validate=strict", "-f", rnode); err != nil {
 		t.Fatalf("kubectl apply RhizomeNode: %v\n%s", err, out)
 	}
-	out, err := c.Kubectl(t, "get", "nodes", "-o", "name")
+	out, err = c.Kubectl(t, "get", "nodes", "-o", "name")
 	if err != nil {
 		t.Fatal(err)
 	}
