@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/rhizome-net/rhizome/api"
 	"github.com/rhizome-net/rhizome/datastore"
@@ -120,23 +121,29 @@ func (s *State) Synced() <-chan struct{} { return s.synced }
 
 // Run follows the datastore until ctx ends.
 func (s *State) Run(ctx context.Context, store datastore.Store, log *slog.Logger) {
-	var wg, synced sync.WaitGroup
-	for _, f := range []struct {
+	follows := []struct {
 		prefix string
 		m      mirror
 	}{
 		{datastore.ResourcePrefix, resourceMirror{s}},
 		{blockPrefix, blockMirror{s}},
 		{affinityPrefix(s.self), affinityMirror{s}},
-	} {
+	}
+	var wg sync.WaitGroup
+	var pending atomic.Int32
+	pending.Store(int32(len(follows)))
+	synced := func() {
+		if pending.Add(-1) == 0 {
+			close(s.synced)
+		}
+	}
+	for _, f := range follows {
 		wg.Add(1)
-		synced.Add(1)
 		go func() {
 			defer wg.Done()
-			follow(ctx, store, f.prefix, f.m, s.changed, synced.Done, log)
+			follow(ctx, store, f.prefix, f.m, s.changed, synced, log)
 		}()
 	}
-	go func() { synced.Wait(); close(s.synced) }()
 	wg.Wait()
 }
 
