@@ -12,90 +12,11 @@ import (
 	"time"
 
 	"github.com/rhizome-net/rhizome/api"
+	"github.com/rhizome-net/rhizome/daemon/netstate/netstatetest"
 	"github.com/rhizome-net/rhizome/datastore"
 	"github.com/rhizome-net/rhizome/datastore/etcdtest"
 	"github.com/rhizome-net/rhizome/ipam"
 )
-
-// cuttableStore is a hand-written fake around a real store for a fault a
-// test cannot otherwise time: cut breaks every watch stream, and the
-// streams resume (from the revision after the last event delivered, as
-// the real store's watches do) only when restore is called. A compaction in
-// between makes the resume point compacted, and the follower lists again.
-type cuttableStore struct {
-	datastore.Store
-	lists   atomic.Int64
-	watches atomic.Int64 // streams opened on the real store
-
-	mu      sync.Mutex
-	cancels []context.CancelFunc
-	gate    chan struct{} // nil: streams run
-}
-
-func (c *cuttableStore) List(ctx context.Context, prefix string) ([]datastore.KV, int64, error) {
-	c.lists.Add(1)
-	return c.Store.List(ctx, prefix)
-}
-
-func (c *cuttableStore) Watch(ctx context.Context, prefix string, from int64) <-chan datastore.Event {
-	out := make(chan datastore.Event)
-	go func() {
-		defer close(out)
-		next := from
-		for ctx.Err() == nil {
-			c.mu.Lock()
-			gate := c.gate
-			c.mu.Unlock()
-			if gate != nil {
-				select {
-				case <-gate:
-				case <-ctx.Done():
-					return
-				}
-			}
-			wctx, cancel := context.WithCancel(ctx)
-			c.mu.Lock()
-			c.cancels = append(c.cancels, cancel)
-			c.mu.Unlock()
-			c.watches.Add(1)
-			for ev := range c.Store.Watch(wctx, prefix, next) {
-				if wctx.Err() != nil {
-					break // cut by the test: what comes now was not delivered
-				}
-				if ev.Type != datastore.EventError {
-					next = ev.KV.Revision + 1
-				}
-				select {
-				case out <- ev:
-				case <-ctx.Done():
-				}
-				if ev.Type == datastore.EventError {
-					cancel()
-					return
-				}
-			}
-			cancel()
-		}
-	}()
-	return out
-}
-
-func (c *cuttableStore) cut() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.gate = make(chan struct{})
-	for _, cancel := range c.cancels {
-		cancel()
-	}
-	c.cancels = nil
-}
-
-func (c *cuttableStore) restore() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	close(c.gate)
-	c.gate = nil
-}
 
 // A relist after a compaction swaps in a complete view: while the
 // datastore keeps changing and the follower's watches are compacted away
@@ -146,7 +67,7 @@ func TestRelistAfterCompactionIsAtomic(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cs := &cuttableStore{Store: store}
+	cs := &netstatetest.CuttableStore{Store: store}
 	st := New("node-0")
 	changes := st.Subscribe()
 	done := make(chan struct{})
@@ -202,31 +123,15 @@ func TestRelistAfterCompactionIsAtomic(t *testing.T) {
 
 	const rounds = 10
 	for round := range rounds {
-		lists := cs.lists.Load()
-		cs.cut()
-		watches := cs.watches.Load()
 		// The cluster changes while the watches are down: another pod on
 		// this node, a label on another node.
-		if _, err := alloc.AutoAssign(ctx, ipam.Request{Handle: fmt.Sprintf("net.r%d", round), Namespace: "default", Pod: "r"}); err != nil {
-			t.Fatal(err)
-		}
-		apply(&api.Node{ObjectMeta: api.ObjectMeta{Name: "node-1", Labels: map[string]string{"round": fmt.Sprint(round)}},
-			Spec: api.NodeSpec{BGP: &api.NodeBGPSpec{IPv4Address: "10.0.0.2/16"}}})
-		_, rev, err := store.List(ctx, "/nothing/")
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv.Compact(t, rev)
-		cs.restore()
-		deadline := time.Now().Add(20 * time.Second)
-		// Each of the 3 streams resumes once (and finds its revision
-		// compacted); each follower lists again and watches anew.
-		for cs.lists.Load() < lists+3 || cs.watches.Load() < watches+6 {
-			if time.Now().After(deadline) {
-				t.Fatalf("round %d: the follower listed %d times after the compaction, want all 3 prefixes listed again", round, cs.lists.Load()-lists)
+		cs.CompactWhileCut(t, srv, 3, func() {
+			if _, err := alloc.AutoAssign(ctx, ipam.Request{Handle: fmt.Sprintf("net.r%d", round), Namespace: "default", Pod: "r"}); err != nil {
+				t.Fatal(err)
 			}
-			time.Sleep(5 * time.Millisecond)
-		}
+			apply(&api.Node{ObjectMeta: api.ObjectMeta{Name: "node-1", Labels: map[string]string{"round": fmt.Sprint(round)}},
+				Spec: api.NodeSpec{BGP: &api.NodeBGPSpec{IPv4Address: "10.0.0.2/16"}}})
+		})
 	}
 	// The last round's changes arrive.
 	want := netip.Addr{}
