@@ -86,6 +86,15 @@ func TestSpeakersKeepSessionsAndRoutesThroughCompactions(t *testing.T) {
 		go func() { defer wg.Done(); st.Run(ctx, cs, log) }()
 		go func() { defer wg.Done(); sp.Run(ctx) }()
 		stores, speakers = append(stores, cs), append(speakers, sp)
+		// GoBGP's StartBgp writes package-level state: one process starts
+		// one speaker at a time.
+		deadline := time.Now().Add(30 * time.Second)
+		for !sp.running() {
+			if time.Now().After(deadline) {
+				t.Fatalf("the speaker of %s did not start", n)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 	// has says whether speaker i learned the other node's block.
 	has := func(i int) bool {
@@ -144,4 +153,10 @@ func TestSpeakersKeepSessionsAndRoutesThroughCompactions(t *testing.T) {
 	if len(problems) > 0 {
 		t.Fatalf("%d observations during the relists saw a session down or a route withdrawn; first: %s", len(problems), problems[0])
 	}
+}
+
+func (s *Speaker) running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.speaker != nil
 }
