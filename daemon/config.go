@@ -1,7 +1,9 @@
-// Package daemon is rhizome-node, the per-node agent: it registers the node,
-// serves the CNI plugin's address requests from the node's IPAM allocator,
-// mirrors Kubernetes labels and annotations, and on one node at a time runs
-// the controller that cleans up after nodes and pods that are gone.
+// Package daemon is rhizome-node, the per-node agent: its configuration
+// (Config, the flags and RHIZOME_* variables), its command line, and the
+// wiring of its parts: node registration (nodereg), Kubernetes (kube), the
+// CNI service (cnisvc), routing with BGP (netstate, routing, kernel) and
+// the controller role (controller). It serves the status API and metrics,
+// installs and uninstalls the CNI plugin.
 package daemon
 
 import (
@@ -12,6 +14,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/rhizome-net/rhizome/daemon/nodereg"
 )
 
 // Config is everything the agent is told at start. Each field has one flag
@@ -178,7 +182,7 @@ func (c *Config) Validate() error {
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return err
 	}
-	if _, err := ParseAutodetection(c.IPAutodetection); err != nil {
+	if _, err := nodereg.ParseAutodetection(c.IPAutodetection); err != nil {
 		return err
 	}
 	return nil

@@ -20,7 +20,7 @@ func TestPasswords(t *testing.T) {
 	if err := os.WriteFile(f, []byte("s3cret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	noKube := (&Agent{cfg: Config{Namespace: "kube-system"}}).passwords()
+	noKube := passwords("kube-system", nil)
 	if pw, err := noKube(api.SecretSource{File: f}); err != nil || pw != "s3cret" {
 		t.Fatalf("password file: %q, %v; want s3cret (trailing newline removed)", pw, err)
 	}
@@ -34,7 +34,7 @@ func TestPasswords(t *testing.T) {
 	if _, err := k.Client().CoreV1().Secrets("kube-system").Create(context.Background(), sec, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	withKube := (&Agent{cfg: Config{Namespace: "kube-system"}, kube: &kube{client: k.Client()}}).passwords()
+	withKube := passwords("kube-system", k.Client())
 	if pw, err := withKube(api.SecretSource{SecretKeyRef: &api.SecretKeySelector{Name: "bgp-secrets", Key: "rr-password"}}); err != nil || pw != "from-secret" {
 		t.Fatalf("password from Secret: %q, %v; want from-secret", pw, err)
 	}

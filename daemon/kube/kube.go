@@ -1,7 +1,12 @@
-package daemon
+// Package kube is the agent's view of the Kubernetes API: informers on its
+// own Node (whose labels the rhizome Node mirrors), the pods on this node
+// and the namespaces, for the CNI service; and the controller's view of
+// which nodes and pods are gone.
+package kube
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -20,16 +25,26 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/rhizome-net/rhizome/api"
+	"github.com/rhizome-net/rhizome/daemon/cnisvc"
+	"github.com/rhizome-net/rhizome/daemon/nodereg"
 	"github.com/rhizome-net/rhizome/ipam"
 )
 
-// kubernetesNode marks a rhizome Node registered by an agent running with
-// Kubernetes: the controller deletes it when its Kubernetes Node is gone.
-const kubernetesNode = "rhizome.io/kubernetes-node"
+// Client connects to the API server: through a kubeconfig file when given,
+// else the in-cluster service account.
+func Client(path string) (kubernetes.Interface, error) {
+	rc, err := restConfig(path)
+	if err != nil {
+		return nil, err
+	}
+	c, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("client for the Kubernetes API: %w", err)
+	}
+	return c, nil
+}
 
-// kubeConfig finds the API server: a kubeconfig file when given, else the
-// in-cluster service account.
-func kubeConfig(path string) (*rest.Config, error) {
+func restConfig(path string) (*rest.Config, error) {
 	if path != "" {
 		c, err := clientcmd.BuildConfigFromFlags("", path)
 		if err != nil {
@@ -44,10 +59,10 @@ func kubeConfig(path string) (*rest.Config, error) {
 	return c, nil
 }
 
-// kube is the agent's view of Kubernetes, from informers: its own Node
+// Watcher is the agent's view of Kubernetes, from informers: its own Node
 // (whose labels the rhizome Node mirrors), the pods on this node and the
 // namespaces, so a CNI ADD needs no API round trip in the common case.
-type kube struct {
+type Watcher struct {
 	client kubernetes.Interface
 	node   string
 	log    *slog.Logger
@@ -63,8 +78,10 @@ type kube struct {
 	onLabels func(map[string]string)
 }
 
-func newKube(client kubernetes.Interface, node string, log *slog.Logger) *kube {
-	k := &kube{client: client, node: node, log: log}
+// NewWatcher returns the watcher of node's Kubernetes objects; Start runs
+// it.
+func NewWatcher(client kubernetes.Interface, node string, log *slog.Logger) *Watcher {
+	k := &Watcher{client: client, node: node, log: log}
 	byName := informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", node).String()
 	})
@@ -94,13 +111,13 @@ func newKube(client kubernetes.Interface, node string, log *slog.Logger) *kube {
 
 // OnLabels sets the function called with the Kubernetes Node's labels
 // whenever they change.
-func (k *kube) OnLabels(fn func(map[string]string)) {
+func (k *Watcher) OnLabels(fn func(map[string]string)) {
 	k.mu.Lock()
 	k.onLabels = fn
 	k.mu.Unlock()
 }
 
-func (k *kube) nodeChanged(obj any) {
+func (k *Watcher) nodeChanged(obj any) {
 	n, ok := obj.(*corev1.Node)
 	if !ok {
 		return
@@ -114,7 +131,7 @@ func (k *kube) nodeChanged(obj any) {
 }
 
 // Start runs the informers and waits until they have synced.
-func (k *kube) Start(ctx context.Context) error {
+func (k *Watcher) Start(ctx context.Context) error {
 	for _, f := range []informers.SharedInformerFactory{k.nodes, k.pods, k.namespaces} {
 		f.Start(ctx.Done())
 	}
@@ -131,7 +148,7 @@ func (k *kube) Start(ctx context.Context) error {
 }
 
 // NodeLabels returns the Kubernetes Node's labels.
-func (k *kube) NodeLabels(ctx context.Context) (map[string]string, error) {
+func (k *Watcher) NodeLabels(ctx context.Context) (map[string]string, error) {
 	if n, err := k.nodeLister.Get(k.node); err == nil {
 		return maps.Clone(n.Labels), nil
 	}
@@ -144,7 +161,7 @@ func (k *kube) NodeLabels(ctx context.Context) (map[string]string, error) {
 
 // Pod returns a pod on this node from the informer's cache, or from the API
 // server on a cache miss (a pod created a moment ago).
-func (k *kube) Pod(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
+func (k *Watcher) Pod(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
 	if p, err := k.podLister.Pods(namespace).Get(name); err == nil {
 		return p, nil
 	}
@@ -156,7 +173,7 @@ func (k *kube) Pod(ctx context.Context, namespace, name string) (*corev1.Pod, er
 }
 
 // Namespace returns a namespace from the cache, or from the API server.
-func (k *kube) Namespace(ctx context.Context, name string) (*corev1.Namespace, error) {
+func (k *Watcher) Namespace(ctx context.Context, name string) (*corev1.Namespace, error) {
 	if ns, err := k.nsLister.Get(name); err == nil {
 		return ns, nil
 	}
@@ -167,19 +184,27 @@ func (k *kube) Namespace(ctx context.Context, name string) (*corev1.Namespace, e
 	return ns, nil
 }
 
-// kubeView is the controller's view with Kubernetes: a node is gone when
-// its Kubernetes Node is deleted; the live pods are listed from the API
-// server.
-type kubeView struct {
+// ClusterView is the controller's view with Kubernetes: a node is gone
+// when its Kubernetes Node is deleted; the live pods are listed from the
+// API server.
+type ClusterView struct {
 	client kubernetes.Interface
 	ttl    time.Duration
 }
 
-func (v kubeView) NodeGone(ctx context.Context, n *api.Node, now time.Time) (bool, bool, error) {
-	if n.Annotations[kubernetesNode] == "" {
+// NewClusterView returns the view; ttl is how old the heartbeat of a node
+// that is not a Kubernetes node (an external route reflector) may get.
+func NewClusterView(client kubernetes.Interface, ttl time.Duration) ClusterView {
+	return ClusterView{client: client, ttl: ttl}
+}
+
+// NodeGone says whether n's Kubernetes Node is deleted (then its Node goes
+// too), or for other nodes whether their heartbeat is stale.
+func (v ClusterView) NodeGone(ctx context.Context, n *api.Node, now time.Time) (bool, bool, error) {
+	if n.Annotations[nodereg.KubernetesNodeAnnotation] == "" {
 		// Not a Kubernetes node (an external route reflector): only a
 		// stale heartbeat says it is gone.
-		return heartbeatStale(n, now, v.ttl), false, nil
+		return nodereg.HeartbeatStale(n, now, v.ttl), false, nil
 	}
 	_, err := v.client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
@@ -188,8 +213,10 @@ func (v kubeView) NodeGone(ctx context.Context, n *api.Node, now time.Time) (boo
 	return false, false, err
 }
 
-func (v kubeView) LiveWorkloads(ctx context.Context) ([]ipam.Workload, bool, error) {
-	var live []ipam.Workload
+// LiveWorkloads lists the pods that are not host-network and not
+// terminated.
+func (v ClusterView) LiveWorkloads(ctx context.Context) ([]ipam.Workload, bool, error) {
+	live := []ipam.Workload{} // not nil when no pod runs: nil means "unknown" to ipam.Check
 	opts := metav1.ListOptions{Limit: 500}
 	for {
 		list, err := v.client.CoreV1().Pods("").List(ctx, opts)
@@ -209,7 +236,8 @@ func (v kubeView) LiveWorkloads(ctx context.Context) ([]ipam.Workload, bool, err
 	}
 }
 
-func (v kubeView) PodGone(ctx context.Context, namespace, name string) (bool, error) {
+// PodGone asks the API server for the pod.
+func (v ClusterView) PodGone(ctx context.Context, namespace, name string) (bool, error) {
 	p, err := v.client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return true, nil
@@ -224,4 +252,34 @@ func (v kubeView) PodGone(ctx context.Context, namespace, name string) (bool, er
 // sandbox, and so its address, is gone.
 func podTerminated(p *corev1.Pod) bool {
 	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+}
+
+// PodInfo adapts the informers to the CNI service.
+type PodInfo struct{ W *Watcher }
+
+var _ cnisvc.PodInfo = PodInfo{}
+
+// Pod returns the pod's annotations and labels.
+func (p PodInfo) Pod(ctx context.Context, namespace, name string) (map[string]string, map[string]string, error) {
+	pod, err := p.W.Pod(ctx, namespace, name)
+	if err != nil {
+		return nil, nil, notFound(err)
+	}
+	return pod.Annotations, pod.Labels, nil
+}
+
+// Namespace returns the namespace's annotations and labels.
+func (p PodInfo) Namespace(ctx context.Context, name string) (map[string]string, map[string]string, error) {
+	ns, err := p.W.Namespace(ctx, name)
+	if err != nil {
+		return nil, nil, notFound(err)
+	}
+	return ns.Annotations, ns.Labels, nil
+}
+
+func notFound(err error) error {
+	if apierrors.IsNotFound(errors.Unwrap(err)) || apierrors.IsNotFound(err) {
+		return fmt.Errorf("%w: %v", cnisvc.ErrNotFound, err)
+	}
+	return err
 }

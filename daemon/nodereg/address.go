@@ -1,7 +1,8 @@
-package daemon
+package nodereg
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"regexp"
@@ -177,4 +178,30 @@ func HostInterfaces() ([]HostInterface, error) {
 		out = append(out, h)
 	}
 	return out, nil
+}
+
+// Address is the node's address: ip (CIDR form) when given, else what the
+// autodetection method finds.
+func Address(ip, method string, log *slog.Logger) (netip.Prefix, error) {
+	if ip != "" {
+		p, err := netip.ParsePrefix(ip)
+		if err != nil || !p.Addr().Is4() {
+			return netip.Prefix{}, fmt.Errorf("ip %q: want the node's IPv4 address in CIDR form, for example 10.0.0.5/24", ip)
+		}
+		return p, nil
+	}
+	m, err := ParseAutodetection(method)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	ifaces, err := HostInterfaces()
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	p, err := m.Detect(ifaces)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	log.Info("node address autodetected", "addr", p, "method", m.String())
+	return p, nil
 }

@@ -1,4 +1,4 @@
-package daemon
+package nodereg
 
 import (
 	"context"
@@ -22,7 +22,7 @@ func TestEnsureDefaultPoolRace(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := ensureDefaultPool(context.Background(), datastore.NewResources(srv.Store(t)), "192.168.0.0/16", "Always", true)
+			c, err := EnsureDefaultPool(context.Background(), datastore.NewResources(srv.Store(t)), "192.168.0.0/16", "Always", true)
 			created <- c
 			errs <- err
 		}()

@@ -1,19 +1,39 @@
-package daemon
+package kernel
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"sort"
-
-	"k8s.io/apimachinery/pkg/labels"
+	"sync"
 
 	"github.com/rhizome-net/rhizome/api"
+	"github.com/rhizome-net/rhizome/daemon/netstate"
+	"github.com/rhizome-net/rhizome/daemon/nodereg"
 	"github.com/rhizome-net/rhizome/dataplane"
+	"github.com/rhizome-net/rhizome/datastore"
 	"github.com/rhizome-net/rhizome/ipam"
 )
+
+// tunnel is tunl0 and the node's IPIP tunnel address.
+type tunnel struct {
+	mgr   *dataplane.TunnelManager
+	name  string
+	alloc *ipam.Allocator
+	store datastore.Store
+	res   *datastore.Resources
+	log   *slog.Logger
+
+	// Owned by sync.
+	on      bool   // tunl0 was made ready for IPIP pools
+	ipipLog string // the last tunl0 error logged
+
+	mu   sync.Mutex
+	addr netip.Addr
+}
 
 // tunnelHandle is the allocation handle of the node's IPIP tunnel address.
 func tunnelHandle(node string) string { return "ipip-tunnel-addr-" + node }
@@ -21,37 +41,36 @@ func tunnelHandle(node string) string { return "ipip-tunnel-addr-" + node }
 // syncTunnel keeps tunl0 as the IPIP pools need it, and the node's tunnel
 // address allocated from an IPIP pool that selects the node. It returns
 // tunl0, or why IPIP routes cannot be installed.
-func (n *network) syncTunnel(ctx context.Context, in routingInput, pools []dataplane.Pool) (dataplane.Link, string) {
+func (n *tunnel) sync(ctx context.Context, in netstate.Snapshot, pools []dataplane.Pool, uplinkMTU int) (dataplane.Link, string) {
 	if !dataplane.NeedsIPIP(pools) {
-		n.setTunnelAddr(ctx, in, netip.Addr{})
-		if n.tunnelOn {
-			if err := n.tunnel.Release(); err != nil {
+		n.record(ctx, in, netip.Addr{})
+		if n.on {
+			if err := n.mgr.Release(); err != nil {
 				n.log.Warn("release tunl0", "err", err)
 			} else {
-				n.tunnelOn = false
+				n.on = false
 			}
 		}
 		return dataplane.Link{}, ""
 	}
 	var names []string
-	for _, p := range in.pools {
-		sel, err := api.ParseSelector(p.Spec.NodeSelector)
-		if err == nil && !p.Spec.Disabled && p.Spec.IPIPMode != "" && p.Spec.IPIPMode != api.EncapNever && sel.Matches(labels.Set(in.self.Labels)) {
+	for _, p := range in.Pools {
+		if !p.Spec.Disabled && p.Spec.IPIPMode != "" && p.Spec.IPIPMode != api.EncapNever && p.SelectsNode(in.Self.Labels) {
 			names = append(names, p.Name)
 		}
 	}
-	addr := n.currentTunnelAddr()
+	addr := n.current()
 	if len(names) == 0 {
 		addr = netip.Addr{}
-	} else if !addr.IsValid() || !inPools(addr, in.pools, names) {
-		a, err := n.allocTunnelAddr(ctx, in, names)
+	} else if !addr.IsValid() || !inPools(addr, in.Pools, names) {
+		a, err := n.allocate(ctx, in, names)
 		if err != nil {
 			n.log.Error("allocate the IPIP tunnel address", "pools", names, "err", err)
 		}
 		addr = a
 	}
-	n.setTunnelAddr(ctx, in, addr)
-	link, err := n.tunnel.Ensure(dataplane.TunnelMTU(n.uplink.MTU), addr)
+	n.record(ctx, in, addr)
+	link, err := n.mgr.Ensure(dataplane.TunnelMTU(uplinkMTU), addr)
 	if err != nil {
 		msg := err.Error()
 		if errors.Is(err, dataplane.ErrNoIPIP) {
@@ -64,7 +83,7 @@ func (n *network) syncTunnel(ctx context.Context, in routingInput, pools []datap
 		return dataplane.Link{}, msg
 	}
 	n.ipipLog = ""
-	n.tunnelOn = true
+	n.on = true
 	return link, ""
 }
 
@@ -88,18 +107,19 @@ func inPools(a netip.Addr, pools []*api.IPPool, names []string) bool {
 	return false
 }
 
-func (n *network) currentTunnelAddr() netip.Addr {
+// current is the node's tunnel address; invalid without one.
+func (n *tunnel) current() netip.Addr {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.tunnelAddr
+	return n.addr
 }
 
-// allocTunnelAddr returns the node's tunnel address: the one its handle
-// already holds (after a restart), else a new one with use Tunnel.
-func (n *network) allocTunnelAddr(ctx context.Context, in routingInput, pools []string) (netip.Addr, error) {
+// allocate returns the node's tunnel address: the one its handle already
+// holds (after a restart), else a new one with use Tunnel.
+func (n *tunnel) allocate(ctx context.Context, in netstate.Snapshot, pools []string) (netip.Addr, error) {
 	h := tunnelHandle(n.name)
 	if have, err := ipam.ByHandle(ctx, n.store, h); err == nil && len(have) > 0 {
-		if inPools(have[0], in.pools, pools) {
+		if inPools(have[0], in.Pools, pools) {
 			return have[0], nil
 		}
 		if _, err := n.alloc.ReleaseHandle(ctx, h); err != nil {
@@ -113,19 +133,19 @@ func (n *network) allocTunnelAddr(ctx context.Context, in routingInput, pools []
 	return got[0].Addr, nil
 }
 
-// setTunnelAddr records the tunnel address in the Node (ipv4TunnelAddr)
-// and releases the old one when it changes.
-func (n *network) setTunnelAddr(ctx context.Context, in routingInput, addr netip.Addr) {
+// record records the tunnel address in the Node (ipv4TunnelAddr) and
+// releases the old one when it changes.
+func (n *tunnel) record(ctx context.Context, in netstate.Snapshot, addr netip.Addr) {
 	stored := ""
-	if in.self != nil && in.self.Spec.BGP != nil {
-		stored = in.self.Spec.BGP.IPv4TunnelAddr
+	if in.Self != nil && in.Self.Spec.BGP != nil {
+		stored = in.Self.Spec.BGP.IPv4TunnelAddr
 	}
 	want := ""
 	if addr.IsValid() {
 		want = addr.String()
 	}
 	n.mu.Lock()
-	n.tunnelAddr = addr
+	n.addr = addr
 	n.mu.Unlock()
 	if stored == want {
 		return
@@ -136,7 +156,7 @@ func (n *network) setTunnelAddr(ctx context.Context, in routingInput, addr netip
 			return
 		}
 	}
-	if _, err := modifyNode(ctx, n.res, n.name, func(node *api.Node) error {
+	if _, err := nodereg.Modify(ctx, n.res, n.name, func(node *api.Node) error {
 		if node.Spec.BGP == nil {
 			node.Spec.BGP = &api.NodeBGPSpec{}
 		}

@@ -1,4 +1,4 @@
-package daemon
+package netstate
 
 import (
 	"context"
@@ -9,11 +9,15 @@ import (
 	"github.com/rhizome-net/rhizome/datastore"
 )
 
-// mirror receives what follow reads under one prefix: reset before a full
+// mirror receives what follow reads under one prefix: replace with a full
 // listing, then put and del per key. Each returns whether the change
 // matters to the owner (follow then calls changed).
+//
+// replace must build the new contents completely and swap them in at once:
+// readers of the mirror never see a half-filled state (an empty one would
+// withdraw the node's own blocks and remove its BGP peers).
 type mirror interface {
-	reset()
+	replace(kvs []datastore.KV)
 	put(kv datastore.KV) bool
 	del(key string) bool
 }
@@ -33,10 +37,7 @@ func follow(ctx context.Context, store datastore.Store, prefix string, m mirror,
 			}
 			continue
 		}
-		m.reset()
-		for _, kv := range kvs {
-			m.put(kv)
-		}
+		m.replace(kvs)
 		changed()
 		if first {
 			synced()
@@ -58,5 +59,14 @@ func follow(ctx context.Context, store datastore.Store, prefix string, m mirror,
 				changed()
 			}
 		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
 	}
 }
