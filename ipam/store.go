@@ -58,19 +58,3 @@ func decodeHandle(data []byte) (Handle, error) {
 	}
 	return h, nil
 }
-
-// The names below are what the agent's routing state (daemon/netstate.go,
-// daemon/network.go) still uses. They are not marked "Deprecated:" only
-// because staticcheck would then fail `make lint` on those two files.
-
-// BlockPrefix is where blocks are stored. Use ipam.WatchNode instead; kept
-// until the agent switches, then removed.
-const BlockPrefix = blockPrefix
-
-// AffinityPrefix is where affinities are stored. Use ipam.WatchNode
-// instead; kept until the agent switches, then removed.
-const AffinityPrefix = affinityPrefix
-
-// AffinityKey is the key of node's affinity to the block cidr. Use
-// ipam.WatchNode instead; kept until the agent switches, then removed.
-func AffinityKey(node string, cidr netip.Prefix) string { return affinityKey(node, cidr) }

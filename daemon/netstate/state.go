@@ -1,8 +1,9 @@
 // Package netstate is the cluster state the node's routing follows: the
-// Nodes, BGP configurations, BGP peers and pools, every IPAM block and this
-// node's block affinities, mirrored from the datastore by watches. Readers
-// take consistent snapshots; a relist after a compaction swaps in a
-// complete new view, so no snapshot is ever half-filled.
+// Nodes, BGP configurations, BGP peers and pools, mirrored from the
+// datastore by datastore.Follow, and this node's IPAM state (its blocks and
+// addresses), read through ipam.WatchNode. Readers take consistent
+// snapshots; a relist after a compaction swaps in a complete new view, so
+// no snapshot is ever half-filled.
 package netstate
 
 import (
@@ -18,6 +19,7 @@ import (
 
 	"github.com/rhizome-net/rhizome/api"
 	"github.com/rhizome-net/rhizome/datastore"
+	"github.com/rhizome-net/rhizome/ipam"
 )
 
 // State mirrors what the node's routing depends on. Run fills it; readers
@@ -27,7 +29,7 @@ type State struct {
 
 	mu        sync.Mutex
 	resources resources
-	ipam      ipamState
+	ipam      *ipam.NodeWatcher // nil until Run starts it
 
 	subMu  sync.Mutex
 	subs   []chan struct{}
@@ -46,7 +48,7 @@ func (r *resources) count() int { return len(r.nodes) + len(r.configs) + len(r.p
 
 // New returns an empty state of the node self.
 func New(self string) *State {
-	return &State{self: self, resources: newResources(), ipam: newIPAMState(), synced: make(chan struct{})}
+	return &State{self: self, resources: newResources(), synced: make(chan struct{})}
 }
 
 func newResources() resources {
@@ -91,7 +93,10 @@ func (s *State) Snapshot() Snapshot {
 	for _, k := range slices.Sorted(maps.Keys(r.pools)) {
 		in.Pools = append(in.Pools, r.pools[k])
 	}
-	s.ipam.fill(s.self, &in)
+	if s.ipam != nil {
+		v := s.ipam.View()
+		in.OwnBlocks, in.Hosted, in.Handles = v.OwnBlocks, v.Hosted, v.Handles
+	}
 	return in
 }
 
@@ -121,36 +126,34 @@ func (s *State) Synced() <-chan struct{} { return s.synced }
 
 // Run follows the datastore until ctx ends.
 func (s *State) Run(ctx context.Context, store datastore.Store, log *slog.Logger) {
-	follows := []struct {
-		prefix string
-		m      mirror
-	}{
-		{datastore.ResourcePrefix, resourceMirror{s}},
-		{blockPrefix, blockMirror{s}},
-		{affinityPrefix(s.self), affinityMirror{s}},
-	}
-	var wg sync.WaitGroup
-	var pending atomic.Int32
-	pending.Store(int32(len(follows)))
+	var pending atomic.Int32 // parts not listed yet
+	pending.Store(2)
 	synced := func() {
 		if pending.Add(-1) == 0 {
 			close(s.synced)
 		}
 	}
-	for _, f := range follows {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			follow(ctx, store, f.prefix, f.m, s.changed, synced, log)
-		}()
-	}
-	wg.Wait()
+	w := ipam.WatchNode(ctx, store, s.self, s.changed, ipam.WatchLogger(log))
+	s.mu.Lock()
+	s.ipam = w
+	s.mu.Unlock()
+	go func() {
+		select {
+		case <-w.Synced():
+			synced()
+		case <-ctx.Done():
+		}
+	}()
+	datastore.Follow(ctx, store, datastore.ResourcePrefix, resourceMirror{s},
+		datastore.OnChange(s.changed), datastore.OnSynced(synced), datastore.FollowLogger(log))
+	<-w.Done()
 }
 
 // resourceMirror keeps the resources; it shares State's lock.
 type resourceMirror struct{ s *State }
 
-func (m resourceMirror) replace(kvs []datastore.KV) {
+// Replace swaps in a complete listing.
+func (m resourceMirror) Replace(kvs []datastore.KV) {
 	r := newResources()
 	for _, kv := range kvs {
 		if obj := decodeResource(kv); obj != nil {
@@ -160,6 +163,14 @@ func (m resourceMirror) replace(kvs []datastore.KV) {
 	m.s.mu.Lock()
 	m.s.resources = r
 	m.s.mu.Unlock()
+}
+
+// Apply stores or removes one resource; it says whether routing cares.
+func (m resourceMirror) Apply(ev datastore.Event) bool {
+	if ev.Type == datastore.EventDelete {
+		return m.del(ev.KV.Key)
+	}
+	return m.put(ev.KV)
 }
 
 // put stores the resource. A Node counts as changed only when its spec or

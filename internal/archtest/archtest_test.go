@@ -16,23 +16,6 @@ import (
 
 const module = "github.com/rhizome-net/rhizome"
 
-// etcdExceptions may import go.etcd.io although they are outside datastore.
-// Each entry says why and who removes it.
-var etcdExceptions = map[string]string{
-	// Leader election calls etcd's concurrency package in daemon/controller.go;
-	// it moves behind an interface in datastore/election.go on another branch
-	// of issue 13. The lead removes this entry when merging that branch.
-	module + "/daemon": "leader election (moves to datastore/election.go)",
-}
-
-// ipamFormatExceptions may use ipam's transitional storage names (BlockPrefix,
-// AffinityPrefix, AffinityKey) and decode ipam records, by file. The lead
-// removes them when the agent switches to ipam.WatchNode.
-var ipamFormatExceptions = map[string]bool{
-	"daemon/netstate.go": true,
-	"daemon/network.go":  true,
-}
-
 type listedPackage struct {
 	ImportPath   string
 	Dir          string
@@ -87,10 +70,6 @@ func TestOnlyDatastoreImportsEtcd(t *testing.T) {
 				if !strings.HasPrefix(imp, "go.etcd.io/") {
 					continue
 				}
-				if why, ok := etcdExceptions[p.ImportPath]; ok {
-					t.Logf("%s imports %s: allowed for now (%s)", p.ImportPath, imp, why)
-					continue
-				}
 				t.Errorf("%s imports %s: only package datastore and its subpackages may use etcd", p.ImportPath, imp)
 			}
 		}
@@ -101,11 +80,8 @@ func TestOnlyDatastoreImportsEtcd(t *testing.T) {
 // them (other packages may build a Block to import it).
 var ipamRecordTypes = map[string]bool{"Affinity": true, "Handle": true, "AffinityState": true}
 
-// ipamStorageNames are the storage names ipam still exports for the agent.
-var ipamStorageNames = map[string]bool{"BlockPrefix": true, "AffinityPrefix": true, "AffinityKey": true}
-
 // No package but ipam knows where IPAM keeps its records or decodes them:
-// no other file spells an IPAM key, uses ipam's storage names, or refers
+// no other file spells an IPAM key (the key names are unexported), or refers
 // to an IPAM record type while importing encoding/json.
 func TestOnlyIPAMKnowsItsFormat(t *testing.T) {
 	fset := token.NewFileSet()
@@ -117,9 +93,6 @@ func TestOnlyIPAMKnowsItsFormat(t *testing.T) {
 		for _, files := range [][]string{p.GoFiles, p.TestGoFiles, p.XTestGoFiles} {
 			for _, name := range files {
 				relFile := filepath.ToSlash(filepath.Join(rel, name))
-				if ipamFormatExceptions[relFile] {
-					continue
-				}
 				f, err := parser.ParseFile(fset, filepath.Join(p.Dir, name), nil, parser.SkipObjectResolution)
 				if err != nil {
 					t.Fatal(err)
@@ -155,10 +128,6 @@ func checkIPAMFormat(t *testing.T, fset *token.FileSet, relFile string, f *ast.F
 			x, ok := n.X.(*ast.Ident)
 			if !ok || ipamName == "" || x.Name != ipamName {
 				break
-			}
-			if ipamStorageNames[n.Sel.Name] {
-				t.Errorf("%s: %s uses ipam.%s: read IPAM state through ipam (WatchNode, ListBlocks, NodeHandles)",
-					relFile, fset.Position(n.Pos()), n.Sel.Name)
 			}
 			if usesJSON && ipamRecordTypes[n.Sel.Name] {
 				t.Errorf("%s: %s refers to ipam.%s and imports encoding/json: only ipam encodes its records",
