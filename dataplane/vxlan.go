@@ -12,8 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// VXLAN devices and their parameters, as Calico's (DESIGN.md §6 and issue
-// 17): one device per address family, VNI 4096 on the IANA port 4789, no
+// VXLAN devices and their parameters, as Calico's (docs/design.md §6): one
+// device per address family, VNI 4096 on the IANA port 4789, no
 // learning (every remote MAC is programmed from the datastore).
 const (
 	// VXLANDevice carries IPv4 pod traffic.
