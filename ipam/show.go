@@ -264,6 +264,15 @@ type NodeUsage struct {
 	Pending   []BlockPending `json:"pendingAffinities,omitempty"`
 }
 
+// Summary is the one line that heads a node's usage, e.g. "Node a: 2
+// blocks, 3 addresses."
+func (u *NodeUsage) Summary() string {
+	if len(u.Blocks)+len(u.Addresses)+len(u.Pending) == 0 {
+		return fmt.Sprintf("Node %s holds no blocks and no addresses.", u.Node)
+	}
+	return fmt.Sprintf("Node %s: %s, %s.", u.Node, plural(len(u.Blocks), "block", "blocks"), plural(len(u.Addresses), "address", "addresses"))
+}
+
 // NodeAddress is one address a node holds.
 type NodeAddress struct {
 	AddressOwner
