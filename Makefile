@@ -14,7 +14,8 @@ GO          ?= go
 CACHE       := $(CURDIR)/.cache
 BIN         := $(CURDIR)/bin
 BINARIES    := rhizome-node rhizome-cni rhizome-ipam rhizomectl
-TOOLS_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/rhizome
+# The per-user tools cache; RHIZOME_TOOLS_CACHE in the environment moves it for make and go test alike.
+TOOLS_CACHE ?= $(or $(RHIZOME_TOOLS_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/rhizome)
 export RHIZOME_TOOLS_CACHE := $(TOOLS_CACHE)
 # The version stamped into the binaries (main.version): `rhizome-node --version`, `rhizomectl version`.
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
