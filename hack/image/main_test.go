@@ -182,7 +182,9 @@ func TestCheckStaticRefusesDynamic(t *testing.T) {
 }
 
 // goBuild builds pkg into dir/name exactly as the Makefile's image target builds the binaries
-// with IMAGE_VERSION=test, and returns its path.
+// with IMAGE_VERSION=test, and returns its path. Never with -race, whatever the test runs under.
+// The compile flags (CGO_ENABLED=0, -trimpath) are those of make build and cnitest.Build too:
+// under make test the commands' packages are compiled once for all of them and this only links.
 func goBuild(t *testing.T, dir, name, pkg string) string {
 	t.Helper()
 	out := filepath.Join(dir, name)
