@@ -2,13 +2,16 @@ package maketest
 
 import (
 	"bufio"
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/rhizome-net/rhizome/internal/toolcache"
 )
@@ -16,10 +19,20 @@ import (
 const root = "../.."
 
 // makeCmd runs make in the repository root with env added to an environment cleaned of what an
-// enclosing `make test` passes down (its jobserver flags, the tools cache it chose).
+// enclosing `make test` passes down (its jobserver flags, the tools cache it chose). Make and the
+// builds it runs are killed, as a process group, half a minute before the test's deadline, so a
+// timed-out test leaves no go build behind.
 func makeCmd(t *testing.T, env []string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command("make", append([]string{"-C", root, "--no-print-directory"}, args...)...)
+	ctx := t.Context()
+	if d, ok := t.Deadline(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, d.Add(-30*time.Second))
+		defer cancel()
+	}
+	cmd := exec.CommandContext(ctx, "make", append([]string{"-C", root, "--no-print-directory"}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	for _, kv := range os.Environ() {
 		switch k, _, _ := strings.Cut(kv, "="); k {
 		case "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "TOOLS_CACHE", toolcache.Env, toolcache.KubeBinEnv:
