@@ -118,6 +118,9 @@ func TestHelpListsEveryTarget(t *testing.T) {
 // `rhizome-node --version` and `rhizomectl version` print it. Only these two are built, into a
 // temporary bin directory, with the flags every test build of the commands uses.
 func TestBuildStampsVersion(t *testing.T) {
+	if testing.Short() {
+		t.Skip("links rhizome-node and rhizomectl (30 s to 1.5 min on 2 cores); runs without -short, as in make test")
+	}
 	want := "dev"
 	if out, err := exec.Command("git", "-C", root, "describe", "--tags", "--always", "--dirty").Output(); err == nil {
 		want = strings.TrimSpace(string(out))
