@@ -59,8 +59,8 @@ test: test-deps test-kernel
 	$(GO) test -count=1 -timeout 15m -run '^TestChaos' -v ./ipam/ | grep -E '^(---|ok|FAIL|PASS)|chaos_'
 
 ## test-unit: quick iteration: no root, apt, VM or -race; -short, no TestPrivileged/TestKernel
-## Every package; tests that need what test-deps installs skip with the reason. Measured 0m00s
-## warm on the shared 2-core machine.
+## Every package; tests that need what test-deps installs skip with the reason. Measured 1m40s
+## warm on the shared 2-core machine (load 5-7), 4m17s while it was busy (load 13-18).
 test-unit:
 	@echo "==> go test -short, without TestPrivileged and TestKernel"
 	$(GO) test -count=1 -short -skip '^(TestPrivileged|TestKernel)' ./...
