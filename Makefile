@@ -60,7 +60,7 @@ test: test-deps test-kernel
 
 ## test-unit: quick iteration: no root, apt, VM or -race; -short, no TestPrivileged/TestKernel
 ## Every package; tests that need what test-deps installs skip with the reason. Measured 1m40s
-## warm on the shared 2-core machine (load 5-7), 4m17s while it was busy (load 13-18).
+## warm on the shared 2-core machine (load 5-7; more while it is busy).
 test-unit:
 	@echo "==> go test -short, without TestPrivileged and TestKernel"
 	$(GO) test -count=1 -short -skip '^(TestPrivileged|TestKernel)' ./...
