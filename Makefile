@@ -49,7 +49,7 @@ build:
 version:
 	@echo $(VERSION)
 
-## test: everything CI runs, installing what it needs (root; about 25 min cold on 2 cores)
+## test: everything CI runs, installing what it needs first (root; apt, kube once into the tools cache)
 ## Set-up (test-deps), the IPIP tests under a qemu-booted kernel, every test with -race, then the
 ## IPAM fault runs at full length without -race (under it they run an eighth).
 test: test-deps test-kernel
