@@ -43,8 +43,9 @@ func envOr(name, def string) string {
 }
 
 // NewCommand returns the rhizomectl root command.
-func NewCommand(streams Streams) *cobra.Command {
+func NewCommand(streams Streams, opts ...Option) *cobra.Command {
 	o := &Options{streams: streams}
+	s := newSettings(opts)
 	root := &cobra.Command{
 		Use:   "rhizomectl",
 		Short: "Operate rhizome: IP pools, BGP, nodes and IPAM",
@@ -56,6 +57,7 @@ Connection settings come from flags or the environment:
   RHIZOME_ETCD_CERT_FILE   client certificate
   RHIZOME_ETCD_KEY_FILE    client key
   RHIZOME_ETCD_CA_FILE     CA bundle of the etcd servers`,
+		Version:       s.version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -82,6 +84,7 @@ Connection settings come from flags or the environment:
 		newEditCommand(o),
 		newIPAMCommand(o),
 		newNodeCommand(o),
+		newVersionCommand(s.version),
 	)
 	root.PersistentPostRun = func(*cobra.Command, []string) { o.close() }
 	return root
@@ -89,8 +92,8 @@ Connection settings come from flags or the environment:
 
 // Main runs rhizomectl with args and returns the process exit code. Errors
 // are printed as one line on stderr.
-func Main(args []string, streams Streams) int {
-	cmd := NewCommand(streams)
+func Main(args []string, streams Streams, opts ...Option) int {
+	cmd := NewCommand(streams, opts...)
 	cmd.SetArgs(args)
 	if err := cmd.Execute(); err != nil {
 		fmt.Fprintf(streams.Err, "error: %s\n", oneLine(err))

@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # build-kube.sh builds kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from the Go
-# module proxy into .cache/kube-<version>/, for the tests that need a real Kubernetes API server
+# module proxy into <cache-dir>/kube-<version>/, for the tests that need a real Kubernetes API server
 # (integration/kubetest) and the lab's Kubernetes mode (integration/lab). No git clone, no docker.
 #
 # k8s.io/kubernetes cannot be built with `go install pkg@version`: its go.mod replaces its staging modules
 # (k8s.io/api, k8s.io/client-go, ...) with directories of its own repository. So this script writes a
-# throwaway module under .cache/kube-build-<version>/ that requires k8s.io/kubernetes and replaces each
+# throwaway module under <cache-dir>/kube-build-<version>/ that requires k8s.io/kubernetes and replaces each
 # staging module with its published twin k8s.io/<x> v0.<minor>.<patch>, the list read from kubernetes'
 # own go.mod. The version is stamped the way kubernetes' hack/lib/version.sh does, so `kubectl version`
 # and the server's /version report it.
 #
-# Usage: hack/build-kube.sh [cache-dir]   (KUBE_VERSION, default v1.37.2). Idempotent: does nothing when
-# every binary exists and the servers report the wanted version.
+# Usage: hack/build-kube.sh [cache-dir]   (KUBE_VERSION, default v1.37.2). The Makefile passes the
+# per-user tools cache ($XDG_CACHE_HOME or ~/.cache, then rhizome/), so every checkout on the machine
+# shares one build. Idempotent: does nothing when every binary exists and the servers report the
+# wanted version. Two checkouts asking at once: the second waits for the first (a lock file) and then
+# finds the binaries built.
 set -euo pipefail
 
 KUBE_VERSION=${KUBE_VERSION:-v1.37.2}
 GO=${GO:-go}
-cache=${1:-$(cd "$(dirname "$0")/.." && pwd)/.cache}
+cache=${1:-${RHIZOME_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rhizome}}
 out=$cache/kube-$KUBE_VERSION
 build=$cache/kube-build-$KUBE_VERSION
 tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
@@ -27,6 +30,13 @@ tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 }
 minor=${BASH_REMATCH[1]}
 staging_version=v0.${BASH_REMATCH[1]}.${BASH_REMATCH[2]}
+
+mkdir -p "$cache"
+exec 9>"$cache/kube-$KUBE_VERSION.lock"
+if ! flock -n 9; then
+	echo "==> kube $KUBE_VERSION: another build into $out is running; waiting for it"
+	flock 9
+fi
 
 have=1
 for t in "${tools[@]}"; do

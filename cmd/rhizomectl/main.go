@@ -7,6 +7,9 @@ import (
 	"github.com/rhizome-net/rhizome/ctl"
 )
 
+// version is set at build time (-ldflags -X main.version=..., make build).
+var version = "dev"
+
 func main() {
-	os.Exit(ctl.Main(os.Args[1:], ctl.Streams{In: os.Stdin, Out: os.Stdout, Err: os.Stderr}))
+	os.Exit(ctl.Main(os.Args[1:], ctl.Streams{In: os.Stdin, Out: os.Stdout, Err: os.Stderr}, ctl.WithVersion(version)))
 }

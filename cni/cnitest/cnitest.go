@@ -30,6 +30,7 @@ import (
 	"golang.org/x/net/ipv4"
 
 	"github.com/rhizome-net/rhizome/api"
+	"github.com/rhizome-net/rhizome/internal/toolcache"
 )
 
 // NeedRoot skips tb unless it runs as root.
@@ -46,11 +47,14 @@ func BuildPlugins(dir string) error {
 }
 
 // Build builds the commands pkgs (import paths) into dir, static (no
-// cgo), each named after the last element of its path.
+// cgo), each named after the last element of its path. The flags are
+// those of `make build` and the image test (CGO_ENABLED=0, -trimpath), so
+// under `make test` the commands' packages are compiled once, and with
+// -trimpath the build cache serves every checkout on the machine.
 func Build(dir string, pkgs ...string) error {
 	for _, pkg := range pkgs {
 		name := path.Base(pkg)
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
+		cmd := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(dir, name), pkg)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("build %s: %w\n%s", name, err, out)
@@ -284,28 +288,45 @@ func HostNet(a netip.Addr) *net.IPNet {
 const ReferenceVersion = "v1.9.1"
 
 // ReferencePlugins builds the named reference plugins once into
-// .cache/cni-plugins-<version>/ at the repository root and returns the
-// directory.
+// cni-plugins-<version>/ of the per-user tools cache (package toolcache),
+// shared by every checkout on the machine, and returns the directory.
 func ReferencePlugins(t testing.TB, names ...string) string {
 	t.Helper()
-	gomod, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil || strings.TrimSpace(string(gomod)) == "" {
-		t.Fatalf("find the module root (go env GOMOD): %v", err)
+	dir, err := toolcache.In("cni-plugins-" + ReferenceVersion)
+	if err != nil {
+		t.Fatalf("reference plugins: %v", err)
 	}
-	dir := filepath.Join(filepath.Dir(strings.TrimSpace(string(gomod))), ".cache", "cni-plugins-"+ReferenceVersion)
 	for _, name := range names {
 		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
 			continue
 		}
 		t.Logf("building reference plugin %s %s into %s", name, ReferenceVersion, dir)
-		cmd := exec.Command("go", "install", "github.com/containernetworking/plugins/plugins/"+kindOf(name)+"/"+name+"@"+ReferenceVersion)
-		cmd.Dir = os.TempDir() // outside this module: the plugins' own go.mod applies
-		cmd.Env = append(os.Environ(), "GOBIN="+dir, "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build reference plugin %s: %v\n%s", name, err, out)
+		if err := installReference(dir, name); err != nil {
+			t.Fatalf("build reference plugin %s: %v", name, err)
 		}
 	}
 	return dir
+}
+
+// installReference builds the reference plugin name into a directory of
+// its own next to dir and renames it into dir, so a test of another
+// package or checkout never runs a half-written file.
+func installReference(dir, name string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".cni-plugins-build-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	cmd := exec.Command("go", "install", "github.com/containernetworking/plugins/plugins/"+kindOf(name)+"/"+name+"@"+ReferenceVersion)
+	cmd.Dir = os.TempDir() // outside this module: the plugins' own go.mod applies
+	cmd.Env = append(os.Environ(), "GOBIN="+tmp, "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go install: %w\n%s", err, out)
+	}
+	return os.Rename(filepath.Join(tmp, name), filepath.Join(dir, name))
 }
 
 func kindOf(name string) string {

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -182,11 +184,21 @@ func TestCheckStaticRefusesDynamic(t *testing.T) {
 }
 
 // goBuild builds pkg into dir/name exactly as the Makefile's image target builds the binaries
-// with IMAGE_VERSION=test, and returns its path.
+// with IMAGE_VERSION=test, and returns its path. Never with -race, whatever the test runs under.
+// The compile flags (CGO_ENABLED=0, -trimpath) are those of make build and cnitest.Build too:
+// under make test the commands' packages are compiled once for all of them and this only links.
 func goBuild(t *testing.T, dir, name, pkg string) string {
 	t.Helper()
 	out := filepath.Join(dir, name)
-	cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-ldflags", "-X main.version=test", "-o", out, pkg)
+	ctx := t.Context()
+	if d, ok := t.Deadline(); ok { // a timed-out test leaves no go build behind
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, d.Add(-30*time.Second))
+		defer cancel()
+	}
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-buildvcs=false", "-ldflags", "-X main.version=test", "-o", out, pkg)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOFLAGS=")
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build %s: %v\n%s", pkg, err, msg)

@@ -29,7 +29,11 @@ import (
 // rhizome-cni driven by libcni into real network namespaces, rhizomectl
 // for what an operator checks.
 
-var binDir string
+var (
+	binDir    string // where needRoot builds the binaries on first use
+	buildOnce sync.Once
+	buildErr  error
+)
 
 func TestMain(m *testing.M) {
 	code := func() int {
@@ -39,18 +43,25 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer os.RemoveAll(dir)
-		const cmd = "github.com/rhizome-net/rhizome/cmd/"
-		if err := cnitest.Build(dir, cmd+"rhizome-node", cmd+"rhizome-cni", cmd+"rhizome-ipam", cmd+"rhizomectl"); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
 		binDir = dir
 		return m.Run()
 	}()
 	os.Exit(code)
 }
 
-func needRoot(t testing.TB) { t.Helper(); cnitest.NeedRoot(t) }
+// needRoot skips the test unless it runs as root, then builds the binaries
+// once: a run that skips every test here (make test-unit) builds none.
+func needRoot(t testing.TB) {
+	t.Helper()
+	cnitest.NeedRoot(t)
+	buildOnce.Do(func() {
+		const cmd = "github.com/rhizome-net/rhizome/cmd/"
+		buildErr = cnitest.Build(binDir, cmd+"rhizome-node", cmd+"rhizome-cni", cmd+"rhizome-ipam", cmd+"rhizomectl")
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+}
 
 // cluster is one etcd and the agents started against it.
 type cluster struct {

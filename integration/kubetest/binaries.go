@@ -6,14 +6,17 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/rhizome-net/rhizome/internal/toolcache"
 )
 
 // Version is the Kubernetes release the harness runs; `make kube-tools` builds it.
-const Version = "v1.37.2"
+const Version = toolcache.KubeVersion
 
 const (
-	// BinEnv names a directory holding kube-apiserver and kubectl, used instead of the repository's cache.
-	BinEnv = "RHIZOME_KUBE_BIN"
+	// BinEnv names a directory holding kube-apiserver and kubectl, used instead of the per-user tools
+	// cache.
+	BinEnv = toolcache.KubeBinEnv
 	// RequireEnv, set to 1 (as `make test` does), makes missing binaries fail a test instead of skipping it.
 	RequireEnv = "RHIZOME_REQUIRE_KUBE"
 )
@@ -35,21 +38,14 @@ func findBinaries() (binaries, error) {
 	return binariesIn(dir)
 }
 
-// binDir is $RHIZOME_KUBE_BIN, else .cache/kube-<Version>/ of the repository that holds the working
-// directory (go test runs in the package's directory).
+// binDir is $RHIZOME_KUBE_BIN, else kube-<Version>/ in the per-user tools cache, where `make
+// kube-tools` of any checkout on the machine put them (see package toolcache).
 func binDir() (string, error) {
-	if dir := os.Getenv(BinEnv); dir != "" {
-		return dir, nil
-	}
-	wd, err := os.Getwd()
+	dir, err := toolcache.KubeDir()
 	if err != nil {
-		return "", fmt.Errorf("find the repository root: %w", err)
+		return "", fmt.Errorf("%w: set %s to the directory of kube-apiserver", err, BinEnv)
 	}
-	root, err := repoRoot(wd)
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(root, ".cache", "kube-"+Version), nil
+	return dir, nil
 }
 
 // RequireTools returns the directory that holds the named programs of `make kube-tools` (kube-apiserver,
@@ -92,18 +88,6 @@ func binariesIn(dir string) (binaries, error) {
 		}
 	}
 	return b, nil
-}
-
-// repoRoot is the nearest directory at or above dir that holds a go.mod.
-func repoRoot(dir string) (string, error) {
-	for d := dir; ; d = filepath.Dir(d) {
-		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-			return d, nil
-		}
-		if filepath.Dir(d) == d {
-			return "", fmt.Errorf("no go.mod at or above %s: set %s to the directory of kube-apiserver", dir, BinEnv)
-		}
-	}
 }
 
 // requireBinaries finds the binaries, or ends the test: a skip when run by hand, a failure under `make

@@ -11,8 +11,9 @@
 // default ServiceAccounts, schedules pods or garbage-collects; the ServiceAccount admission plugin is off
 // so pods can be created without one.
 //
-// The binaries are found in $RHIZOME_KUBE_BIN or in .cache/kube-v1.37.2/ of the repository. When they are
-// missing Start skips the test, or fails it when RHIZOME_REQUIRE_KUBE=1 (as `make test` sets).
+// The binaries are found in $RHIZOME_KUBE_BIN or in kube-v1.37.2/ of the per-user tools cache (package
+// toolcache: ~/.cache/rhizome by default), where `make kube-tools` builds them. When they are missing
+// Start skips the test, or fails it when RHIZOME_REQUIRE_KUBE=1 (as `make test` sets).
 package kubetest
 
 import (

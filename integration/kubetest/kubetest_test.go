@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/rhizome-net/rhizome/datastore/etcdtest"
+	"github.com/rhizome-net/rhizome/internal/toolcache"
 )
 
 // nodeEvent is what the informer reported about a Node.
@@ -282,16 +283,20 @@ func TestMissingBinariesSayHowToBuildThem(t *testing.T) {
 			t.Errorf("binariesIn(%s) = %v, want an error naming the file and saying to run make kube-tools", dir, err)
 		}
 	}
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
+}
+
+// TestBinariesFromTheToolsCache: by default the binaries are looked for where `make kube-tools` of any
+// checkout put them, the per-user tools cache; RHIZOME_KUBE_BIN overrides it.
+func TestBinariesFromTheToolsCache(t *testing.T) {
+	cache, kubeBin := t.TempDir(), t.TempDir()
+	t.Setenv(BinEnv, "")
+	t.Setenv(toolcache.Env, cache)
+	if dir, err := binDir(); err != nil || dir != filepath.Join(cache, "kube-"+Version) {
+		t.Errorf("binDir() = %q, %v with %s=%s; want %s/kube-%s", dir, err, toolcache.Env, cache, cache, Version)
 	}
-	root, err := repoRoot(wd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(root, "integration", "kubetest", "kubetest.go")); err != nil {
-		t.Errorf("repoRoot(%s) = %s, which does not hold this package: %v", wd, root, err)
+	t.Setenv(BinEnv, kubeBin)
+	if dir, err := binDir(); err != nil || dir != kubeBin {
+		t.Errorf("binDir() = %q, %v with %s=%s; want that directory", dir, err, BinEnv, kubeBin)
 	}
 }
 

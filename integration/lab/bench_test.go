@@ -47,6 +47,7 @@ spec: {cidr: 10.128.16.0/20, ipipMode: Never, nodeSelector: rack == "1"}
 // the ten nodes' runtimes working at once as ten kubelets would.
 func BenchmarkLabPods(b *testing.B) {
 	cnitest.NeedRoot(b)
+	needBinaries(b)
 	if binDir == "" {
 		b.Skip("the lab's binaries were not built (TestMain runs as root only)")
 	}

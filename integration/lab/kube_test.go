@@ -27,6 +27,7 @@ import (
 func upKubeLab(t *testing.T, topo *Topology) (*Lab, context.Context, kubernetes.Interface, *strings.Builder) {
 	t.Helper()
 	cnitest.NeedRoot(t)
+	needBinaries(t)
 	kubeBin := kubetest.RequireTools(t, "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 	var log strings.Builder
 	opts := Options{BinDir: binDir, StateDir: filepath.Join(t.TempDir(), "lab"), Prefix: fmt.Sprintf("rzk%d-%d-", os.Getpid()%100000, labs.Add(1)),

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -41,8 +42,12 @@ func TestSeed000TopologyAndErrors(t *testing.T) {
 }
 
 var (
-	binDir string
+	binDir string       // the lab's binaries, once needBinaries built them (or prebuilt)
 	labs   atomic.Int32 // numbers the labs of one run: unique namespace names
+
+	buildDir  string // where needBinaries builds them
+	buildOnce sync.Once
+	buildErr  error
 )
 
 func TestMain(m *testing.M) {
@@ -60,13 +65,7 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer os.RemoveAll(dir)
-		const cmd = "github.com/rhizome-net/rhizome/cmd/"
-		if err := cnitest.Build(dir, cmd+"rhizome-node", cmd+"rhizome-cni", cmd+"rhizome-ipam", cmd+"rhizomectl",
-			"github.com/rhizome-net/rhizome/integration/lab/cmd/rhizome-lab"); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		binDir = dir
+		buildDir = dir
 		return m.Run()
 	}()
 	os.Exit(code)
@@ -79,9 +78,30 @@ func upLab(t *testing.T) (*Lab, context.Context) {
 	return upLabWith(t, Seed000())
 }
 
+// needBinaries builds the lab's binaries on first use, so a run that skips
+// every privileged test (make test-unit) builds none.
+func needBinaries(tb testing.TB) {
+	tb.Helper()
+	buildOnce.Do(func() {
+		if binDir != "" || buildDir == "" {
+			return // prebuilt, or not root (NeedRoot skipped already)
+		}
+		const cmd = "github.com/rhizome-net/rhizome/cmd/"
+		buildErr = cnitest.Build(buildDir, cmd+"rhizome-node", cmd+"rhizome-cni", cmd+"rhizome-ipam", cmd+"rhizomectl",
+			"github.com/rhizome-net/rhizome/integration/lab/cmd/rhizome-lab")
+		if buildErr == nil {
+			binDir = buildDir
+		}
+	})
+	if buildErr != nil {
+		tb.Fatal(buildErr)
+	}
+}
+
 func upLabWith(t *testing.T, topo *Topology) (*Lab, context.Context) {
 	t.Helper()
 	cnitest.NeedRoot(t)
+	needBinaries(t)
 	var log strings.Builder
 	opts := Options{BinDir: binDir, StateDir: filepath.Join(t.TempDir(), "lab"), Prefix: fmt.Sprintf("rzt%d-%d-", os.Getpid()%100000, labs.Add(1)), Log: &log}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)

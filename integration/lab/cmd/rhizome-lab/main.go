@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/rhizome-net/rhizome/integration/lab"
+	"github.com/rhizome-net/rhizome/internal/toolcache"
 )
 
 func main() {
@@ -43,7 +44,9 @@ make build (--bin-dir).`,
 	root.PersistentFlags().StringVar(&opts.StateDir, "state-dir", ".cache/lab", "where the lab keeps its state, sockets and logs")
 	root.PersistentFlags().StringVar(&opts.Prefix, "prefix", "rzlab-", "prefix of every namespace the lab makes")
 	root.PersistentFlags().BoolVar(&opts.Kubernetes, "kubernetes", false, "run with kube-apiserver, controller manager, scheduler and a lab kubelet per node (K8S=1)")
-	root.PersistentFlags().StringVar(&opts.KubeBinDir, "kube-bin-dir", ".cache/kube-v1.37.2", "directory of kube-apiserver, kube-controller-manager, kube-scheduler and kubectl (make kube-tools)")
+	// Where `make kube-tools` puts them; without a home directory the flag must say.
+	kubeBin, _ := toolcache.KubeDir()
+	root.PersistentFlags().StringVar(&opts.KubeBinDir, "kube-bin-dir", kubeBin, "directory of kube-apiserver, kube-controller-manager, kube-scheduler and kubectl (make kube-tools; default $"+toolcache.KubeBinEnv+" or the per-user tools cache)")
 	topology := func() (*lab.Topology, error) {
 		if topoFile == "" {
 			return lab.Seed000(), nil
