@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rhizome-net/rhizome/cni/cnitest"
 	"github.com/rhizome-net/rhizome/datastore/etcdtest"
 )
 
@@ -33,10 +34,9 @@ func rhizomectlBinary(t *testing.T) string {
 			return
 		}
 		binPath = filepath.Join(dir, "rhizomectl")
-		out, err := exec.Command("go", "build", "-o", binPath, "github.com/rhizome-net/rhizome/cmd/rhizomectl").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build rhizomectl: %v\n%s", err, out)
-		}
+		// The flags of make build: under make test the command's packages
+		// are compiled once for every test that runs a binary.
+		buildErr = cnitest.Build(dir, "github.com/rhizome-net/rhizome/cmd/rhizomectl")
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
