@@ -9,9 +9,10 @@ import (
 	"os"
 	"strings"
 
+	"github.com/spf13/cobra"
+
 	"github.com/rhizome-net/rhizome/datastore"
 	"github.com/rhizome-net/rhizome/ipam"
-	"github.com/spf13/cobra"
 )
 
 func newIPAMReleaseCommand(o *Options) *cobra.Command {

@@ -8,9 +8,10 @@ import (
 	"strconv"
 	"strings"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/rhizome-net/rhizome/datastore"
 	"github.com/rhizome-net/rhizome/ipam"
-	"sigs.k8s.io/yaml"
 )
 
 // The IPAM configuration is one key, not a resource kind: get and patch
