@@ -19,7 +19,9 @@ import (
 )
 
 // Config is everything the agent is told at start. Each field has one flag
-// and one RHIZOME_* environment variable (see Settings); the flag wins.
+// and one RHIZOME_* environment variable (see Settings); the flag wins. It
+// has more fields than any other type of the agent on purpose: one per
+// setting, a plain value that the parts receive piece by piece.
 type Config struct {
 	NodeName string
 

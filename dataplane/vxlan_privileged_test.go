@@ -1,3 +1,8 @@
+// This file is over 600 lines on purpose: it holds the real-kernel VXLAN
+// tests (device, traffic in both modes and families, repair, restart,
+// removal) with the small lab they share; split, each part would need the
+// lab's helpers exported across files anyway.
+
 package dataplane
 
 import (

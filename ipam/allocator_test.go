@@ -1,3 +1,6 @@
+// This file is a little over 600 lines: the Allocator's behaviour tests,
+// one per rule of docs/design.md §4, kept together.
+
 package ipam
 
 import (

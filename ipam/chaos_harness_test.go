@@ -1,3 +1,8 @@
+// This file is over 600 lines on purpose: it is one harness (cluster of
+// allocators, fault injection, the porcupine model and the history
+// recorder) that the chaos tests share, and its parts only make sense
+// together.
+
 package ipam
 
 import (
