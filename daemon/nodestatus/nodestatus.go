@@ -25,8 +25,9 @@ type Report struct {
 	Node    string    `json:"node"`
 	Version string    `json:"version"`
 	Started time.Time `json:"started"`
-	// Networking is "bgp" (speaker and dataplane run) or "none" (IPAM and
-	// CNI only).
+	// Networking is "bgp" (speaker and dataplane run), "vxlan" (the
+	// dataplane with routes from the datastore, no speaker) or "none"
+	// (IPAM and CNI only).
 	Networking string `json:"networking"`
 	// Address is the node's IPv4 address with its subnet.
 	Address  string `json:"address"`
@@ -44,8 +45,11 @@ type Report struct {
 	// Routes is the last sync of the kernel routes; nil without a dataplane.
 	Routes *Routes `json:"routes,omitempty"`
 	// TunnelAddress is the node's IPIP tunnel address, if it has one.
-	TunnelAddress string              `json:"tunnelAddress,omitempty"`
-	Conditions    []api.NodeCondition `json:"conditions,omitempty"`
+	TunnelAddress string `json:"tunnelAddress,omitempty"`
+	// VXLANTunnelAddress is the address of the node's vxlan.rhizome, if
+	// it has one.
+	VXLANTunnelAddress string              `json:"vxlanTunnelAddress,omitempty"`
+	Conditions         []api.NodeCondition `json:"conditions,omitempty"`
 }
 
 // Peer is one BGP session.
@@ -111,8 +115,8 @@ func Fetch(ctx context.Context, addr string) (*Report, error) {
 func (r *Report) WriteText(w io.Writer, wide bool) error {
 	var b strings.Builder
 	b.WriteString("rhizome-node is running.\n")
-	if r.Networking == "none" {
-		b.WriteString("\nBGP is off on this node (networking: none).\n")
+	if r.Networking == "none" || r.Networking == "vxlan" {
+		fmt.Fprintf(&b, "\nBGP is off on this node (networking: %s).\n", r.Networking)
 		_, err := io.WriteString(w, b.String())
 		return err
 	}
