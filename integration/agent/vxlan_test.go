@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rhizome-net/rhizome/dataplane"
 )
@@ -116,8 +117,27 @@ func TestPrivilegedVXLANNetworking(t *testing.T) {
 		t.Errorf("%s on node-1 sent %d and received %d packets during the pings; want 4 or more each", dataplane.VXLANDevice, tx1-tx0, rx1-rx0)
 	}
 	out := n1.status(t)
-	if !strings.Contains(out, "BGP is off on this node (networking: vxlan)") {
+	if !strings.Contains(out, "BGP is off on this node (networking: vxlan): routes come from the datastore.") {
 		t.Errorf("node status with --networking vxlan:\n%s", out)
+	}
+
+	// A neighbour entry deleted by hand comes back; a restarted agent
+	// adopts the device, its routes and entries as they are.
+	ipCmd(t, "-n", n1.ns(), "neigh", "del", tunnels[1].String(), "dev", dataplane.VXLANDevice)
+	eventually(t, "node-1 repairs the neighbour entry of node-2's tunnel address", func() (bool, string) {
+		out := ipCmd(t, "-n", n1.ns(), "neigh", "show", "dev", dataplane.VXLANDevice)
+		return strings.Contains(out, tunnels[1].String()+" lladdr") && strings.Contains(out, "PERMANENT"), out
+	})
+	n2 := l.nodes[1]
+	before := n2.routes(t) + ipCmd(t, "-n", n2.ns(), "-d", "link", "show", "dev", dataplane.VXLANDevice)
+	n2.agent.stop()
+	n2.agent.start()
+	time.Sleep(2 * time.Second)
+	if after := n2.routes(t) + ipCmd(t, "-n", n2.ns(), "-d", "link", "show", "dev", dataplane.VXLANDevice); after != before {
+		t.Errorf("node-2's routes or vxlan.rhizome changed across its agent's restart:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if err := ping(t, pods[0], addrs[1]); err != nil {
+		t.Errorf("pods cannot talk after node-2's agent restarted: %v", err)
 	}
 
 	// vxlanMode Never: no pool needs VXLAN any more. The device goes and
