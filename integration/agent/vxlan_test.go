@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -48,8 +49,11 @@ func (l *lab) vxlanRecord(n *labNode) (netip.Addr, string, string) {
 // the pool and records it and its MAC in its Node; every node routes
 // every other node's block via that node's tunnel address on
 // vxlan.rhizome, computed from the datastore alone; pods on different
-// nodes talk through the tunnel (its counters grow). Back to vxlanMode
-// Never, the device, its routes and the tunnel addresses go.
+// nodes talk through the tunnel (its counters grow); a neighbour entry
+// deleted by hand comes back, an agent restart changes nothing. In
+// CrossSubnet the same-subnet nodes are routed on eth0 unencapsulated.
+// Back to vxlanMode Never, the device, its routes and the tunnel
+// addresses go.
 func TestPrivilegedVXLANNetworking(t *testing.T) {
 	l := newLab(t, 3, "--networking", "vxlan")
 	l.c.ctl("patch", "ippool", "default-ipv4-ippool", "-p", `{"spec": {"vxlanMode": "Always"}}`)
@@ -139,6 +143,46 @@ func TestPrivilegedVXLANNetworking(t *testing.T) {
 	if err := ping(t, pods[0], addrs[1]); err != nil {
 		t.Errorf("pods cannot talk after node-2's agent restarted: %v", err)
 	}
+
+	// CrossSubnet: the nodes share eth0's subnet, so their blocks are
+	// routed on it unencapsulated; the device stays for other subnets.
+	l.c.ctl("patch", "ippool", "default-ipv4-ippool", "-p", `{"spec": {"vxlanMode": "CrossSubnet"}}`)
+	eventually(t, "node-1 routes node-2's and node-3's blocks on eth0 in CrossSubnet", func() (bool, string) {
+		out := n1.routes(t)
+		for j := 1; j < len(l.nodes); j++ {
+			if !strings.Contains(out, fmt.Sprintf("%s via %s dev eth0", block(addrs[j]), l.nodes[j].addr.Addr())) {
+				return false, out
+			}
+		}
+		return !strings.Contains(out, dataplane.VXLANDevice), out
+	})
+	tx0, rx0 = n1.vxlanPackets(t)
+	for j := 1; j < len(l.nodes); j++ {
+		if err := ping(t, pods[0], addrs[j]); err != nil {
+			t.Errorf("CrossSubnet: node-1's pod cannot reach %s on %s: %v", addrs[j], l.nodes[j].name, err)
+		}
+	}
+	if tx1, rx1 := n1.vxlanPackets(t); tx1 != tx0 || rx1 != rx0 {
+		t.Errorf("CrossSubnet: same-subnet pings went through %s (tx %d -> %d, rx %d -> %d)", dataplane.VXLANDevice, tx0, tx1, rx0, rx1)
+	}
+
+	// rhizome-node --cleanup (into this test's CNI directories, never the
+	// host's) removes the device; the agent's next start brings it back.
+	n3 := l.nodes[2]
+	n3.agent.stop()
+	cniBin, cniConf := t.TempDir(), t.TempDir()
+	dirs := []string{"--cni-bin-dir", cniBin, "--cni-conf-dir", cniConf, "--cni-socket", n3.agent.socket}
+	if out, err := exec.Command("ip", append([]string{"netns", "exec", n3.ns(), filepath.Join(binDir, "rhizome-node"), "--cleanup"}, dirs...)...).CombinedOutput(); err != nil {
+		t.Fatalf("rhizome-node --cleanup: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("ip", "-n", n3.ns(), "link", "show", "dev", dataplane.VXLANDevice).CombinedOutput(); err == nil {
+		t.Errorf("rhizome-node --cleanup left %s:\n%s", dataplane.VXLANDevice, out)
+	}
+	n3.agent.start()
+	eventually(t, "node-3's agent brings vxlan.rhizome back", func() (bool, string) {
+		out, err := exec.Command("ip", "-n", n3.ns(), "addr", "show", "dev", dataplane.VXLANDevice).CombinedOutput()
+		return err == nil && strings.Contains(string(out), tunnels[2].String()+"/32"), string(out)
+	})
 
 	// vxlanMode Never: no pool needs VXLAN any more. The device goes and
 	// with it every route through it; the tunnel addresses are released
