@@ -63,8 +63,8 @@ type Agent struct {
 	serving atomic.Bool
 }
 
-// network are the routing parts: the followed state, the BGP speaker and
-// the kernel.
+// network are the routing parts: the followed state, the BGP speaker (nil
+// with networking vxlan) and the kernel.
 type network struct {
 	state   *netstate.State
 	speaker *routing.Speaker
@@ -153,16 +153,22 @@ func (a *Agent) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start the IPAM allocator: %w", err)
 	}
-	if cfg.Networking == "bgp" {
+	if cfg.Networking == "bgp" || cfg.Networking == "vxlan" {
+		// The kernel part computes the VXLAN routes from the state itself
+		// (they come first); with bgp, the speaker's are the second source.
 		st := netstate.New(cfg.NodeName)
-		sp := routing.New(cfg.NodeName, a.addr.Addr(), st, routing.WithLogger(a.log), routing.WithRegisterer(a.reg),
-			routing.WithPasswords(passwords(cfg.Namespace, a.kube)))
-		k, err := kernel.Open(kernel.Deps{Node: cfg.NodeName, Addr: a.addr.Addr(), State: st, Alloc: a.alloc, Store: store, Log: a.log},
-			sp.Learned())
-		if err != nil {
+		nw := &network{state: st}
+		var sources []kernel.RouteSource
+		if cfg.Networking == "bgp" {
+			nw.speaker = routing.New(cfg.NodeName, a.addr.Addr(), st, routing.WithLogger(a.log), routing.WithRegisterer(a.reg),
+				routing.WithPasswords(passwords(cfg.Namespace, a.kube)))
+			sources = append(sources, nw.speaker.Learned())
+		}
+		if nw.kernel, err = kernel.Open(kernel.Deps{Node: cfg.NodeName, Addr: a.addr.Addr(), State: st, Alloc: a.alloc, Store: store, Log: a.log},
+			sources...); err != nil {
 			return err
 		}
-		a.net = &network{state: st, speaker: sp, kernel: k}
+		a.net = nw
 	}
 	return nil
 }
@@ -230,7 +236,9 @@ func (a *Agent) serve(ctx context.Context) error {
 	run(func() { a.node.Run(ctx, a.cfg.HeartbeatInterval, a.nodeStatus) })
 	if a.net != nil {
 		run(func() { a.net.state.Run(ctx, a.store, a.log) })
-		run(func() { a.net.speaker.Run(ctx) })
+		if a.net.speaker != nil {
+			run(func() { a.net.speaker.Run(ctx) })
+		}
 		run(func() { a.net.kernel.Run(ctx) })
 	}
 	var view controller.ClusterView = controller.HeartbeatView{TTL: a.cfg.NodeTTL}
@@ -268,7 +276,9 @@ func (a *Agent) nodeStatus(ctx context.Context) api.NodeStatus {
 		st.IPsInUse, st.IPsFree = u.InUse, u.Free
 	}
 	if a.net != nil {
-		st.BGPPeersUp, st.BGPPeers = a.net.speaker.PeersUp()
+		if a.net.speaker != nil {
+			st.BGPPeersUp, st.BGPPeers = a.net.speaker.PeersUp()
+		}
 		st.Conditions = a.net.kernel.Conditions()
 	}
 	return st
@@ -309,7 +319,10 @@ func (a *Agent) report(ctx context.Context) *nodestatus.Report {
 	r := &nodestatus.Report{Node: a.cfg.NodeName, Version: a.version, Started: a.started, Networking: "none",
 		Address: a.addr.String(), Peers: []nodestatus.Peer{}, Advertised: []string{}}
 	if a.net != nil {
-		a.net.speaker.Report(ctx, r)
+		r.Networking = a.cfg.Networking
+		if a.net.speaker != nil {
+			a.net.speaker.Report(ctx, r)
+		}
 		a.net.kernel.Report(r)
 	}
 	return r

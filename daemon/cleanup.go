@@ -13,7 +13,8 @@ import (
 // Cleanup removes what rhizome-node put into this host's kernel, for
 // uninstalling: every route of rhizome's protocol except the pods' own
 // (they go with their veths), tunl0's address (tunl0 is taken down; the
-// kernel's fallback device itself stays) and the natOutgoing table. Other
+// kernel's fallback device itself stays), the VXLAN devices (with their
+// neighbour and forwarding entries) and the natOutgoing table. Other
 // routes and tables are not touched. Nothing in the datastore changes.
 func Cleanup(log *slog.Logger) error {
 	var errs []error
@@ -40,6 +41,14 @@ func Cleanup(log *slog.Logger) error {
 	}
 	if err != nil && !errors.Is(err, dataplane.ErrNoIPIP) {
 		errs = append(errs, fmt.Errorf("release tunl0: %w", err))
+	}
+	vm, err := dataplane.NewVXLANManager(netns.None())
+	if err == nil {
+		err = errors.Join(vm.Remove(false), vm.Remove(true))
+		vm.Close()
+	}
+	if err != nil {
+		errs = append(errs, fmt.Errorf("remove the VXLAN devices: %w", err))
 	}
 	if err := dataplane.NewNATManager(netns.None()).Remove(); err != nil {
 		errs = append(errs, fmt.Errorf("remove the %s nftables table: %w", dataplane.NATTable, err))

@@ -36,7 +36,7 @@ type Config struct {
 	CNIBinDir  string
 	CNIConfDir string
 
-	Networking string // bgp or none
+	Networking string // bgp, vxlan or none
 	Namespace  string // of the agent's pod: where BGP password Secrets are read
 
 	IPAutodetection string
@@ -111,7 +111,7 @@ func (c *Config) settings() []struct {
 		{Setting{"cni-bin-dir", "RHIZOME_CNI_BIN_DIR", "/opt/cni/bin", "directory of the CNI plugin binaries (install-cni writes rhizome's there, --cleanup removes them)"}, str(&c.CNIBinDir)},
 		{Setting{"cni-conf-dir", "RHIZOME_CNI_CONF_DIR", "/etc/cni/net.d", "directory of the CNI network configurations (install-cni writes " + ConflistName + ", --cleanup removes it)"}, str(&c.CNIConfDir)},
 		{Setting{"status-addr", "RHIZOME_STATUS_ADDR", "127.0.0.1:9099", "address of /livez, /readyz, /metrics and the status API"}, str(&c.StatusAddr)},
-		{Setting{"networking", "RHIZOME_NETWORKING", "bgp", "bgp: run the BGP speaker and program routes, tunl0 and natOutgoing; none: IPAM and CNI only (another component routes pod traffic)"}, str(&c.Networking)},
+		{Setting{"networking", "RHIZOME_NETWORKING", "bgp", "bgp: run the BGP speaker and program routes, tunl0, vxlan.rhizome and natOutgoing (VXLAN pools' routes come from the datastore, the others' from BGP); vxlan: the same with no BGP speaker, routes only for VXLAN pools, from the datastore; none: IPAM and CNI only (another component routes pod traffic)"}, str(&c.Networking)},
 		{Setting{"namespace", "RHIZOME_NAMESPACE", "kube-system", "namespace of the Secrets that BGP passwords (secretKeyRef) name; POD_NAMESPACE is read too"}, str(&c.Namespace)},
 		{Setting{"ip-autodetection", "RHIZOME_IP_AUTODETECTION_METHOD", "first-found", "how to find the node address: first-found, interface=REGEX, can-reach=IP, cidr=CIDR[,CIDR]"}, str(&c.IPAutodetection)},
 		{Setting{"ip", "RHIZOME_IP", "", "the node's IPv4 address in CIDR form (10.0.0.5/24); overrides autodetection"}, str(&c.IP)},
@@ -170,8 +170,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("etcd-endpoints is empty: set RHIZOME_ETCD_ENDPOINTS, for example https://10.0.0.1:2379")
 	case c.Kubernetes != "auto" && c.Kubernetes != "true" && c.Kubernetes != "false":
 		return fmt.Errorf("kubernetes %q: want auto, true or false", c.Kubernetes)
-	case c.Networking != "bgp" && c.Networking != "none":
-		return fmt.Errorf("networking %q: want bgp or none", c.Networking)
+	case c.Networking != "bgp" && c.Networking != "vxlan" && c.Networking != "none":
+		return fmt.Errorf("networking %q: want bgp, vxlan or none", c.Networking)
 	case c.HeartbeatInterval <= 0:
 		return fmt.Errorf("heartbeat-interval %s: must be positive", c.HeartbeatInterval)
 	case c.ControllerInterval <= 0:

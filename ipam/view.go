@@ -30,6 +30,10 @@ type NodeView struct {
 	// Handles are the node's addresses by allocation handle, each list in
 	// address order.
 	Handles map[string][]netip.Addr
+	// Affinities are every block's affine node, this node's and the
+	// others' (blocks affine to no node are absent): what routing that is
+	// computed from the datastore (VXLAN) needs.
+	Affinities map[netip.Prefix]string
 }
 
 // NodeWatcher keeps a NodeView of one node up to date by following the
@@ -61,7 +65,8 @@ func WatchLogger(l *slog.Logger) WatchOption { return func(o *watchOptions) { o.
 // WatchNode starts following node's IPAM state until ctx ends. onChange
 // (which may be nil) is called after every change that concerns the node:
 // one of its blocks or affinities, or an address it holds, before or after
-// the change; and after every full listing. Synced is closed once both the
+// the change; after a change of any block's affine node; and after every
+// full listing. Synced is closed once both the
 // blocks and the affinities have been listed.
 func WatchNode(ctx context.Context, store datastore.ListWatcher, node string, onChange func(), opts ...WatchOption) *NodeWatcher {
 	o := watchOptions{log: slog.Default()}
@@ -114,10 +119,13 @@ func (w *NodeWatcher) View() NodeView {
 // nodeView computes node's view of blocks, given the blocks its affinity
 // records confirm.
 func nodeView(node string, blocks map[netip.Prefix]*Block, confirmed map[netip.Prefix]bool) NodeView {
-	v := NodeView{Handles: map[string][]netip.Addr{}}
+	v := NodeView{Handles: map[string][]netip.Addr{}, Affinities: map[netip.Prefix]string{}}
 	cidrs := slices.SortedFunc(maps.Keys(blocks), comparePrefix)
 	for _, c := range cidrs {
 		b := blocks[c]
+		if b.Affinity != "" {
+			v.Affinities[c] = b.Affinity
+		}
 		own := b.Affinity == node
 		if own && confirmed[c] {
 			v.OwnBlocks = append(v.OwnBlocks, c)
@@ -198,7 +206,15 @@ func (f blockFollower) Apply(ev datastore.Event) bool {
 	} else {
 		f.w.blocks[cidr] = b
 	}
-	return concerns(f.w.node, old) || concerns(f.w.node, b)
+	return concerns(f.w.node, old) || concerns(f.w.node, b) || affinity(old) != affinity(b)
+}
+
+// affinity is the node block b (nil: none) is affine to.
+func affinity(b *Block) string {
+	if b == nil {
+		return ""
+	}
+	return b.Affinity
 }
 
 // decodeBlockKV decodes a stored block whose key and CIDR agree.

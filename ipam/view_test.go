@@ -57,9 +57,10 @@ func TestWatchNodeView(t *testing.T) {
 		t.Fatal("not synced after 10s")
 	}
 	want := NodeView{
-		OwnBlocks: []netip.Prefix{own.Block},
-		Hosted:    []netip.Addr{fixed},
-		Handles:   map[string][]netip.Addr{"net.a1.eth0": {own.Addr}, "net.a2.eth0": {fixed}},
+		OwnBlocks:  []netip.Prefix{own.Block},
+		Hosted:     []netip.Addr{fixed},
+		Handles:    map[string][]netip.Addr{"net.a1.eth0": {own.Addr}, "net.a2.eth0": {fixed}},
+		Affinities: map[netip.Prefix]string{own.Block: "node-a", inB.Block: "node-b"},
 	}
 	if got := w.View(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("view\n%+v, want\n%+v", got, want)
@@ -83,6 +84,20 @@ func TestWatchNodeView(t *testing.T) {
 	}
 	if v := w.View(); !slices.Equal(v.Handles["net.a3.eth0"], []netip.Addr{second.Addr}) || !slices.Equal(v.OwnBlocks, []netip.Prefix{own.Block}) {
 		t.Errorf("view %+v", v)
+	}
+
+	// A third node claims its first block: no address of node-a's, but a
+	// new affinity, which VXLAN routing follows: a change, and the view
+	// names the block's node.
+	c.node("node-c", nil)
+	before = changes.Load()
+	third := assign(t, c.allocator("node-c"), "net.c1.eth0")
+	v := waitView(t, w, "after node-c's first block", func(v NodeView) bool { return v.Affinities[third.Block] == "node-c" })
+	if changes.Load() == before {
+		t.Error("node-c's new block reported no change")
+	}
+	if len(v.Affinities) != 3 {
+		t.Errorf("affinities %v, want node-a's, node-b's and node-c's block", v.Affinities)
 	}
 	cancel()
 	select {

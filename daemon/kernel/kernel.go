@@ -1,7 +1,9 @@
 // Package kernel programs the node's kernel for pod traffic: the routes
 // to this node's pods and, from one or more route sources, to other
-// nodes' blocks; tunl0 and the node's IPIP tunnel address; and the
-// natOutgoing table. What should be is computed by dataplane.Desired; this
+// nodes' blocks; tunl0 and the node's IPIP tunnel address; vxlan.rhizome,
+// the node's VXLAN tunnel address and MAC, and the VXLAN routes, neighbour
+// and forwarding entries computed from the datastore (they win over the
+// route sources' routes); and the natOutgoing table. What should be is computed by dataplane.Desired; this
 // package feeds it and applies the plan.
 package kernel
 
@@ -27,7 +29,8 @@ import (
 )
 
 // RouteSource is one origin of routes to other nodes' pods: BGP's learned
-// routes today, routes computed from the datastore (VXLAN) next.
+// routes. (The VXLAN routes, computed from the followed state, are always
+// settled and come first: the kernel part computes them itself.)
 type RouteSource interface {
 	// Routes returns what the source wants in the kernel now, and whether
 	// it has settled. Until every source settled once, no route is
@@ -49,6 +52,7 @@ type Kernel struct {
 	others  []dataplane.Uplink
 	routes  *dataplane.RouteReconciler
 	tunnel  *tunnel
+	vxlan   *vxlan
 	nat     natTable
 
 	// Owned by Run.
@@ -64,7 +68,8 @@ type Kernel struct {
 
 // Deps are what the kernel part needs of the rest of the agent: the
 // followed state, and the allocator and datastore for the node's tunnel
-// address (allocated from an IPIP pool, recorded in the Node).
+// addresses (allocated from an IPIP or a VXLAN pool, recorded in the
+// Node).
 type Deps struct {
 	Node  string
 	Addr  netip.Addr // the node's address: its device is the uplink
@@ -101,6 +106,19 @@ func Open(d Deps, sources ...RouteSource) (*Kernel, error) {
 		return nil, fmt.Errorf("tunnel manager: %w", err)
 	}
 	k.tunnel = &tunnel{mgr: mgr, name: d.Node, alloc: d.Alloc, store: d.Store, res: datastore.NewResources(d.Store), log: d.Log}
+	vmgr, err := dataplane.NewVXLANManager(netns.None())
+	if err != nil {
+		k.close()
+		return nil, fmt.Errorf("vxlan manager: %w", err)
+	}
+	neigh, err := dataplane.NewNeighborReconciler(netns.None(), dataplane.WithLogger(d.Log))
+	if err != nil {
+		vmgr.Close()
+		k.close()
+		return nil, fmt.Errorf("vxlan neighbour reconciler: %w", err)
+	}
+	k.vxlan = &vxlan{mgr: vmgr, neigh: neigh, name: d.Node, local: d.Addr, alloc: d.Alloc, store: d.Store,
+		res: datastore.NewResources(d.Store), log: d.Log}
 	return k, nil
 }
 
@@ -117,6 +135,8 @@ func (k *Kernel) Run(ctx context.Context) {
 	defer cancel()
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = k.routes.Run(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = k.vxlan.neigh.Run(ctx) }()
 	for _, s := range k.sources {
 		wg.Add(1)
 		go func() {
@@ -168,6 +188,10 @@ func (k *Kernel) Run(ctx context.Context) {
 func (k *Kernel) close() {
 	k.routes.Close()
 	k.tunnel.mgr.Close()
+	if k.vxlan != nil {
+		k.vxlan.mgr.Close()
+		k.vxlan.neigh.Close()
+	}
 }
 
 // union merges the sources' routes (the first source that names a prefix
@@ -190,7 +214,8 @@ func union(sources []RouteSource) ([]dataplane.LearnedRoute, bool) {
 }
 
 // sync computes the kernel routes and hands them to the reconciler; it
-// keeps tunl0 and the NAT table in line too.
+// keeps tunl0, vxlan.rhizome with its entries, and the NAT table in line
+// too.
 func (k *Kernel) sync(ctx context.Context) {
 	in := k.state.Snapshot()
 	if in.Self == nil {
@@ -198,9 +223,13 @@ func (k *Kernel) sync(ctx context.Context) {
 	}
 	pools := Pools(in.Pools)
 	link, problem := k.tunnel.sync(ctx, in, pools, k.uplink.MTU)
+	dev, vproblem := k.vxlan.sync(ctx, in, pools, k.uplink)
+	vx := dataplane.VXLANPlan(vxlanInput(in.Self.Name, in, pools, k.uplink, k.others, dev))
+	k.vxlan.setEntries(vx)
 	learned, settled := union(k.sources)
 	plan := dataplane.Desired(dataplane.Input{Learned: learned, Pools: pools, Uplink: k.uplink, Others: k.others, OwnBlocks: in.OwnBlocks,
-		LocalPods: k.localPods(in.Handles), Tunnel: link, TunnelProblem: problem})
+		LocalPods: k.localPods(in.Handles), Tunnel: link, TunnelProblem: problem, VXLAN: vx.Routes})
+	plan.Unroutable = append(plan.Unroutable, vx.Unroutable...)
 	if k.routesSet || settled {
 		if !k.routesSet {
 			k.log.Info("route sources settled: programming routes", "routes", len(plan.Routes), "after", time.Since(k.started).Round(time.Millisecond))
@@ -213,6 +242,9 @@ func (k *Kernel) sync(ctx context.Context) {
 	var conds []api.NodeCondition
 	if problem != "" {
 		conds = append(conds, api.NodeCondition{Type: "IPIPUnavailable", Status: "True", Reason: "KernelHasNoIPIP", Message: problem})
+	}
+	if vproblem != "" {
+		conds = append(conds, api.NodeCondition{Type: "VXLANUnavailable", Status: "True", Reason: "VXLANDeviceFailed", Message: vproblem})
 	}
 	k.mu.Lock()
 	k.plan, k.conditions, k.programmed = plan, conds, k.routesSet
@@ -289,6 +321,9 @@ func (k *Kernel) Report(r *nodestatus.Report) {
 	k.mu.Unlock()
 	if a := k.tunnel.current(); a.IsValid() {
 		r.TunnelAddress = a.String()
+	}
+	if a := k.vxlan.current(); a.IsValid() {
+		r.VXLANTunnelAddress = a.String()
 	}
 	last := k.routes.Status()
 	rt := &nodestatus.Routes{Programmed: programmed, LastSync: last.Time, Installed: last.Owned}

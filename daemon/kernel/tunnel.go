@@ -63,7 +63,7 @@ func (n *tunnel) sync(ctx context.Context, in netstate.Snapshot, pools []datapla
 	if len(names) == 0 {
 		addr = netip.Addr{}
 	} else if !addr.IsValid() || !inPools(addr, in.Pools, names) {
-		a, err := n.allocate(ctx, in, names)
+		a, err := allocateTunnel(ctx, n.alloc, n.store, tunnelHandle(n.name), in, names)
 		if err != nil {
 			n.log.Error("allocate the IPIP tunnel address", "pools", names, "err", err)
 		}
@@ -114,19 +114,19 @@ func (n *tunnel) current() netip.Addr {
 	return n.addr
 }
 
-// allocate returns the node's tunnel address: the one its handle already
-// holds (after a restart), else a new one with use Tunnel.
-func (n *tunnel) allocate(ctx context.Context, in netstate.Snapshot, pools []string) (netip.Addr, error) {
-	h := tunnelHandle(n.name)
-	if have, err := ipam.ByHandle(ctx, n.store, h); err == nil && len(have) > 0 {
+// allocateTunnel returns a tunnel address of the node from pools: the one
+// its handle already holds (after a restart), else a new one with use
+// Tunnel.
+func allocateTunnel(ctx context.Context, alloc *ipam.Allocator, store datastore.Store, h string, in netstate.Snapshot, pools []string) (netip.Addr, error) {
+	if have, err := ipam.ByHandle(ctx, store, h); err == nil && len(have) > 0 {
 		if inPools(have[0], in.Pools, pools) {
 			return have[0], nil
 		}
-		if _, err := n.alloc.ReleaseHandle(ctx, h); err != nil {
+		if _, err := alloc.ReleaseHandle(ctx, h); err != nil {
 			return netip.Addr{}, err
 		}
 	}
-	got, err := n.alloc.AutoAssign(ctx, ipam.Request{Handle: h, Pools: pools, Use: api.UseTunnel})
+	got, err := alloc.AutoAssign(ctx, ipam.Request{Handle: h, Pools: pools, Use: api.UseTunnel})
 	if err != nil {
 		return netip.Addr{}, err
 	}

@@ -70,6 +70,8 @@ type Snapshot struct {
 	Hosted []netip.Addr
 	// Handles are this node's addresses by allocation handle.
 	Handles map[string][]netip.Addr
+	// Affinities are every block's affine node (VXLAN routes them).
+	Affinities map[netip.Prefix]string
 }
 
 // Snapshot copies the state.
@@ -95,7 +97,7 @@ func (s *State) Snapshot() Snapshot {
 	}
 	if s.ipam != nil {
 		v := s.ipam.View()
-		in.OwnBlocks, in.Hosted, in.Handles = v.OwnBlocks, v.Hosted, v.Handles
+		in.OwnBlocks, in.Hosted, in.Handles, in.Affinities = v.OwnBlocks, v.Hosted, v.Handles, v.Affinities
 	}
 	return in
 }

@@ -25,8 +25,9 @@ type Report struct {
 	Node    string    `json:"node"`
 	Version string    `json:"version"`
 	Started time.Time `json:"started"`
-	// Networking is "bgp" (speaker and dataplane run) or "none" (IPAM and
-	// CNI only).
+	// Networking is "bgp" (speaker and dataplane run), "vxlan" (the
+	// dataplane with routes from the datastore, no speaker) or "none"
+	// (IPAM and CNI only).
 	Networking string `json:"networking"`
 	// Address is the node's IPv4 address with its subnet.
 	Address  string `json:"address"`
@@ -44,8 +45,11 @@ type Report struct {
 	// Routes is the last sync of the kernel routes; nil without a dataplane.
 	Routes *Routes `json:"routes,omitempty"`
 	// TunnelAddress is the node's IPIP tunnel address, if it has one.
-	TunnelAddress string              `json:"tunnelAddress,omitempty"`
-	Conditions    []api.NodeCondition `json:"conditions,omitempty"`
+	TunnelAddress string `json:"tunnelAddress,omitempty"`
+	// VXLANTunnelAddress is the address of the node's vxlan.rhizome, if
+	// it has one.
+	VXLANTunnelAddress string              `json:"vxlanTunnelAddress,omitempty"`
+	Conditions         []api.NodeCondition `json:"conditions,omitempty"`
 }
 
 // Peer is one BGP session.
@@ -116,38 +120,10 @@ func (r *Report) WriteText(w io.Writer, wide bool) error {
 		_, err := io.WriteString(w, b.String())
 		return err
 	}
-	if r.BGPError != "" {
-		fmt.Fprintf(&b, "\nBGP is not running: %s\n", r.BGPError)
-	}
-	for _, fam := range []struct {
-		name string
-		is4  bool
-	}{{"IPv4", true}, {"IPv6", false}} {
-		var rows []Peer
-		for _, p := range r.Peers {
-			if p.Address.Unmap().Is4() == fam.is4 {
-				rows = append(rows, p)
-			}
-		}
-		if len(rows) == 0 {
-			fmt.Fprintf(&b, "\nNo %s peers found.\n", fam.name)
-			continue
-		}
-		fmt.Fprintf(&b, "\n%s BGP status\n", fam.name)
-		head := []string{"PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"}
-		if wide {
-			head = append(head, "AS", "NODE", "RECEIVED", "ACCEPTED", "ADVERTISED", "FLAPS")
-		}
-		table := [][]string{head}
-		for _, p := range rows {
-			row := []string{p.Address.String(), p.Type, stateWord(p.State), since(p.Since), p.Info}
-			if wide {
-				row = append(row, fmt.Sprint(p.AS), orDash(p.Node), fmt.Sprint(p.PrefixesReceived),
-					fmt.Sprint(p.PrefixesAccepted), fmt.Sprint(p.PrefixesAdvertised), fmt.Sprint(p.Flaps))
-			}
-			table = append(table, row)
-		}
-		writeTable(&b, table)
+	if r.Networking == "vxlan" {
+		b.WriteString("\nBGP is off on this node (networking: vxlan): routes come from the datastore.\n")
+	} else {
+		r.writePeers(&b, wide)
 	}
 	if rt := r.Routes; rt != nil && (len(rt.Unroutable) > 0 || len(rt.Conflicts) > 0 || len(rt.Errors) > 0) {
 		b.WriteString("\nRoutes needing attention\n")
@@ -168,6 +144,44 @@ func (r *Report) WriteText(w io.Writer, wide bool) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writePeers prints the BGP error, if any, and one peer table per
+// address family.
+func (r *Report) writePeers(b *strings.Builder, wide bool) {
+	if r.BGPError != "" {
+		fmt.Fprintf(b, "\nBGP is not running: %s\n", r.BGPError)
+	}
+	for _, fam := range []struct {
+		name string
+		is4  bool
+	}{{"IPv4", true}, {"IPv6", false}} {
+		var rows []Peer
+		for _, p := range r.Peers {
+			if p.Address.Unmap().Is4() == fam.is4 {
+				rows = append(rows, p)
+			}
+		}
+		if len(rows) == 0 {
+			fmt.Fprintf(b, "\nNo %s peers found.\n", fam.name)
+			continue
+		}
+		fmt.Fprintf(b, "\n%s BGP status\n", fam.name)
+		head := []string{"PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"}
+		if wide {
+			head = append(head, "AS", "NODE", "RECEIVED", "ACCEPTED", "ADVERTISED", "FLAPS")
+		}
+		table := [][]string{head}
+		for _, p := range rows {
+			row := []string{p.Address.String(), p.Type, stateWord(p.State), since(p.Since), p.Info}
+			if wide {
+				row = append(row, fmt.Sprint(p.AS), orDash(p.Node), fmt.Sprint(p.PrefixesReceived),
+					fmt.Sprint(p.PrefixesAccepted), fmt.Sprint(p.PrefixesAdvertised), fmt.Sprint(p.Flaps))
+			}
+			table = append(table, row)
+		}
+		writeTable(b, table)
+	}
 }
 
 // stateWord is the session state as BIRD-based tools print it: "up" when

@@ -55,6 +55,22 @@ Condition IPIPUnavailable: kernel has no ipip support
 	if b.String() != "rhizome-node is running.\n\nBGP is off on this node (networking: none).\n" {
 		t.Errorf("networking none:\n%s", b.String())
 	}
+	// VXLAN without BGP: no peer tables, but what VXLAN cannot route.
+	b.Reset()
+	vx := &Report{Networking: "vxlan", Routes: &Routes{Unroutable: []string{
+		"10.244.1.0/26 via 10.77.0.2 (pool p): node node-2 has no IPv4 VXLAN tunnel address and MAC in its record yet"}}}
+	if err := vx.WriteText(&b, false); err != nil {
+		t.Fatal(err)
+	}
+	if b.String() != `rhizome-node is running.
+
+BGP is off on this node (networking: vxlan): routes come from the datastore.
+
+Routes needing attention
+  not installed: 10.244.1.0/26 via 10.77.0.2 (pool p): node node-2 has no IPv4 VXLAN tunnel address and MAC in its record yet
+` {
+		t.Errorf("networking vxlan:\n%s", b.String())
+	}
 }
 
 // TestWriteTextDualStack: IPv6 sessions (one per family with each node)

@@ -318,6 +318,29 @@ spec:
 		})
 	}
 
+	// A VXLAN pool with BGP on: the VXLAN routes, computed from the
+	// datastore, win over BGP's for the pool's blocks, which BGP still
+	// advertises; back to Never, BGP's direct route returns.
+	l.c.ctl("patch", "ippool", "default-ipv4-ippool", "-p", `{"spec": {"vxlanMode": "Always"}}`)
+	eventually(t, "node-1 routes node-2's block through vxlan.rhizome with BGP on", func() (bool, string) {
+		tun, _, y := l.vxlanRecord(l.nodes[1])
+		out := n1.routes(t)
+		return tun.IsValid() && strings.Count(out, block(addrs[1]).String()+" ") == 1 &&
+			strings.Contains(out, fmt.Sprintf("%s via %s dev %s onlink", block(addrs[1]), tun, dataplane.VXLANDevice)), y + out
+	})
+	if err := ping(t, pods[0], addrs[1]); err != nil {
+		t.Errorf("vxlanMode Always with BGP on: node-1's pod cannot reach node-2's: %v", err)
+	}
+	if _, body := l.nodes[1].agent.get("/status"); !strings.Contains(body, `"`+block(addrs[1]).String()+" via ") {
+		t.Errorf("node-2 no longer advertises its block %s in vxlanMode Always:\n%s", block(addrs[1]), body)
+	}
+	l.c.ctl("patch", "ippool", "default-ipv4-ippool", "-p", `{"spec": {"vxlanMode": "Never"}}`)
+	eventually(t, "node-1 routes node-2's block directly again", func() (bool, string) {
+		out := n1.routes(t)
+		_, err := exec.Command("ip", "-n", n1.ns(), "link", "show", "dev", dataplane.VXLANDevice).CombinedOutput()
+		return err != nil && strings.Count(out, block(addrs[1]).String()+" ") == 1 && strings.Contains(out, direct), out
+	})
+
 	// The IPIP pool no longer selects node-1: its tunnel address is
 	// released and the Node forgets it.
 	l.c.ctl("patch", "ippool", "ipip-ippool", "-p", `{"spec": {"nodeSelector": "rack == 'none'"}}`)
