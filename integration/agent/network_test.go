@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -245,7 +246,38 @@ spec:
 		t.Errorf("pods cannot talk while node-2's agent is down: %v", err)
 	}
 	n2.agent.start()
-	time.Sleep(3 * time.Second)
+	// What an operator checks after the restart: node-2's sessions are
+	// back up and it programs routes again (the kernel keeping the old
+	// routes must not hide a session stuck Idle).
+	restarted := time.Now()
+	eventually(t, "node-2's sessions Established and its routes programmed after its agent's restart", func() (bool, string) {
+		out := n2.status(t, "-o", "json")
+		var st struct {
+			Peers []struct {
+				Address, State string
+			} `json:"peers"`
+			Routes *struct {
+				Programmed bool `json:"programmed"`
+			} `json:"routes"`
+		}
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			return false, fmt.Sprintf("%v\n%s", err, out)
+		}
+		up := 0
+		for _, p := range st.Peers {
+			if p.State == "Established" {
+				up++
+			}
+		}
+		return len(st.Peers) == 1 && st.Peers[0].Address == rr.addr.Addr().String() && up == 1 &&
+			st.Routes != nil && st.Routes.Programmed, out
+	})
+	t.Logf("node-2 Established with the reflector and programming routes %v after its agent's restart", time.Since(restarted).Round(100*time.Millisecond))
+	eventually(t, "the route reflector has its session with node-2 up again", func() (bool, string) {
+		out := rr.status(t)
+		up := upPeers(out)
+		return len(up) == 2 && up["10.77.0.1"] != "" && up["10.77.0.2"] != "", out
+	})
 	if after := n2.routes(t); after != before {
 		t.Errorf("node-2's routes changed across its agent's restart:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
