@@ -59,16 +59,7 @@ func (n *tunnel) sync(ctx context.Context, in netstate.Snapshot, pools []datapla
 			names = append(names, p.Name)
 		}
 	}
-	addr := n.current()
-	if len(names) == 0 {
-		addr = netip.Addr{}
-	} else if !addr.IsValid() || !inPools(addr, in.Pools, names) {
-		a, err := allocateTunnel(ctx, n.alloc, n.store, tunnelHandle(n.name), in, names)
-		if err != nil {
-			n.log.Error("allocate the IPIP tunnel address", "pools", names, "err", err)
-		}
-		addr = a
-	}
+	addr := tunnelAddr(ctx, n.alloc, n.store, tunnelHandle(n.name), in, names, n.current(), n.log.With("tunnel", "IPIP"))
 	n.record(ctx, in, addr)
 	link, err := n.mgr.Ensure(dataplane.TunnelMTU(uplinkMTU), addr)
 	if err != nil {
@@ -112,6 +103,25 @@ func (n *tunnel) current() netip.Addr {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.addr
+}
+
+// tunnelAddr is the address a tunnel device of the node should carry:
+// none when no pool asks for the tunnel, the current one while it is in
+// those pools, else one allocated with handle h (a failure is logged and
+// leaves the device without an address until the next sync).
+func tunnelAddr(ctx context.Context, alloc *ipam.Allocator, store datastore.Store, h string, in netstate.Snapshot, pools []string,
+	current netip.Addr, log *slog.Logger) netip.Addr {
+	if len(pools) == 0 {
+		return netip.Addr{}
+	}
+	if current.IsValid() && inPools(current, in.Pools, pools) {
+		return current
+	}
+	a, err := allocateTunnel(ctx, alloc, store, h, in, pools)
+	if err != nil {
+		log.Error("allocate the tunnel address", "pools", pools, "err", err)
+	}
+	return a
 }
 
 // allocateTunnel returns a tunnel address of the node from pools: the one

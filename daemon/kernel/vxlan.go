@@ -55,16 +55,7 @@ func (v *vxlan) sync(ctx context.Context, in netstate.Snapshot, pools []dataplan
 		return dataplane.Link{}, ""
 	}
 	names := vxlanPools(in)
-	addr := v.current()
-	if len(names) == 0 {
-		addr = netip.Addr{}
-	} else if !addr.IsValid() || !inPools(addr, in.Pools, names) {
-		a, err := allocateTunnel(ctx, v.alloc, v.store, vxlanHandle(v.name), in, names)
-		if err != nil {
-			v.log.Error("allocate the VXLAN tunnel address", "pools", names, "err", err)
-		}
-		addr = a
-	}
+	addr := tunnelAddr(ctx, v.alloc, v.store, vxlanHandle(v.name), in, names, v.current(), v.log.With("tunnel", "VXLAN"))
 	var mac net.HardwareAddr
 	if in.Self != nil {
 		mac, _ = net.ParseMAC(in.Self.Spec.VXLANTunnelMACAddr) // nil: the device's, or derived

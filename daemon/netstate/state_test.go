@@ -13,8 +13,6 @@ import (
 
 	"github.com/rhizome-net/rhizome/api"
 	"github.com/rhizome-net/rhizome/daemon/netstate/netstatetest"
-	"github.com/rhizome-net/rhizome/datastore"
-	"github.com/rhizome-net/rhizome/datastore/etcdtest"
 	"github.com/rhizome-net/rhizome/ipam"
 )
 
@@ -24,20 +22,9 @@ import (
 // pool or its BGP peers (an empty snapshot would withdraw the node's
 // blocks and remove its peers).
 func TestRelistAfterCompactionIsAtomic(t *testing.T) {
-	srv := etcdtest.Start(t)
-	store := srv.Store(t)
-	res := datastore.NewResources(store)
+	srv, store, apply := netstatetest.Seeded(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	apply := func(o api.Object) {
-		t.Helper()
-		if _, _, err := res.Apply(ctx, o); err != nil {
-			t.Fatal(err)
-		}
-	}
-	pool := &api.IPPool{ObjectMeta: api.ObjectMeta{Name: "pool"}, Spec: api.IPPoolSpec{CIDR: "10.244.0.0/16", BlockSize: 26}}
-	api.SetDefaults(pool)
-	apply(pool)
 	const others = 60
 	for i := range others + 1 {
 		apply(&api.Node{ObjectMeta: api.ObjectMeta{Name: fmt.Sprintf("node-%d", i)},

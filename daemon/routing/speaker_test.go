@@ -16,8 +16,6 @@ import (
 	"github.com/rhizome-net/rhizome/api"
 	"github.com/rhizome-net/rhizome/daemon/netstate"
 	"github.com/rhizome-net/rhizome/daemon/netstate/netstatetest"
-	"github.com/rhizome-net/rhizome/datastore"
-	"github.com/rhizome-net/rhizome/datastore/etcdtest"
 	"github.com/rhizome-net/rhizome/ipam"
 )
 
@@ -39,20 +37,9 @@ func freePort(t *testing.T) int {
 // this test to hit reliably; netstate's TestRelistAfterCompactionIsAtomic
 // is the one that catches it. This one guards the whole path.)
 func TestSpeakersKeepSessionsAndRoutesThroughCompactions(t *testing.T) {
-	srv := etcdtest.Start(t)
-	store := srv.Store(t)
-	res := datastore.NewResources(store)
+	srv, store, apply := netstatetest.Seeded(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	apply := func(o api.Object) {
-		t.Helper()
-		if _, _, err := res.Apply(ctx, o); err != nil {
-			t.Fatal(err)
-		}
-	}
-	pool := &api.IPPool{ObjectMeta: api.ObjectMeta{Name: "pool"}, Spec: api.IPPoolSpec{CIDR: "10.244.0.0/16", BlockSize: 26}}
-	api.SetDefaults(pool)
-	apply(pool)
 	as := api.ASNumber(64512)
 	apply(&api.BGPConfiguration{ObjectMeta: api.ObjectMeta{Name: "default"}, Spec: api.BGPConfigurationSpec{ASNumber: &as, ListenPort: freePort(t)}})
 	names := []string{"node-a", "node-b"}

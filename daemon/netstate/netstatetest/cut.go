@@ -1,4 +1,4 @@
-// Package netstatetest helps tests compact the datastore past a
+// Package netstatetest helps tests seed a real etcd and compact it past a
 // follower's watch revision.
 package netstatetest
 
@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rhizome-net/rhizome/api"
 	"github.com/rhizome-net/rhizome/datastore"
 	"github.com/rhizome-net/rhizome/datastore/etcdtest"
 )
@@ -120,4 +121,24 @@ func (c *CuttableStore) CompactWhileCut(t testing.TB, srv *etcdtest.Server, stre
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// Seeded starts a real etcd holding one pool, 10.244.0.0/16 in /26 blocks,
+// and returns it, a store on it, and apply, which writes a resource or
+// fails the test.
+func Seeded(t testing.TB) (srv *etcdtest.Server, store *datastore.Etcd, apply func(api.Object)) {
+	t.Helper()
+	srv = etcdtest.Start(t)
+	store = srv.Store(t)
+	res := datastore.NewResources(store)
+	apply = func(o api.Object) {
+		t.Helper()
+		if _, _, err := res.Apply(context.Background(), o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pool := &api.IPPool{ObjectMeta: api.ObjectMeta{Name: "pool"}, Spec: api.IPPoolSpec{CIDR: "10.244.0.0/16", BlockSize: 26}}
+	api.SetDefaults(pool)
+	apply(pool)
+	return srv, store, apply
 }
